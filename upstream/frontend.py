@@ -1,0 +1,509 @@
+"""Kaldi-compatible log-mel filterbanks, batched, plus the audio I/O and per-checkpoint pipelines.
+
+SSAST, MAE-AST and ASiT were all trained on ``torchaudio.compliance.kaldi.fbank`` features, which
+re-implement Kaldi's ``compute-fbank-feats`` (kaldi-asr/kaldi @ src/feat/feature-window.cc,
+mel-computations.cc, feature-fbank.cc). :func:`kaldi_fbank` is a drop-in replacement for it, with
+the same argument names, defaults and semantics, so that the project needs no torchaudio.
+:func:`kaldi_fbank_batch` computes the same features for a padded batch on the input's device with
+no Python loop over clips, and :class:`Fbank` wraps it in the exact pre- and post-processing each
+checkpoint expects (``shared/spec/checkpoints.md`` section 1):
+
+==========  ======  ==============================  ===============  ==========================
+preset      rate    kaldi window                    mean removal     pad / normalise
+==========  ======  ==============================  ===============  ==========================
+ssast       16 kHz  hanning, htk_compat             yes              pad, then (x-m)/(2s)
+ssast_s3prl 16 kHz  hanning, htk_compat             no               (x-m)/(2s), then zero-pad
+mae_ast     16 kHz  povey (kaldi defaults)          no               none (model has BatchNorm)
+asit        32 kHz  hanning, htk_compat             yes              pad/cut to 592, then norm
+==========  ======  ==============================  ===============  ==========================
+
+All models expect float waveforms in [-1, 1): int16-valued samples add 2*ln(32768) ~ 20.79 to every
+log-mel value.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["AudioError", "Fbank", "FbankConfig", "kaldi_fbank", "kaldi_fbank_batch", "load_audio",
+           "num_frames", "pad_waveforms", "resample", "validate_waveform"]
+
+# Kaldi and torchaudio floor energies at float32 epsilon whatever the compute dtype.
+EPSILON = torch.finfo(torch.float32).eps
+WINDOW_TYPES = ("hamming", "hanning", "povey", "rectangular", "blackman")
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974  # SSAST src/pretrain/run_mask_*.sh
+
+
+class AudioError(ValueError):
+    """An audio file or waveform that cannot be used; the message names it and the problem."""
+
+
+# ----------------------------------------------------------------------------- frame geometry
+def _window_sizes(sample_frequency: float, frame_length_ms: float, frame_shift_ms: float) -> tuple[int, int]:
+    # Same float expression and truncation as kaldi/torchaudio, so e.g. 25 ms at 32 kHz is 800, not 799.
+    win = int(sample_frequency * frame_length_ms * 0.001)
+    shift = int(sample_frequency * frame_shift_ms * 0.001)
+    if win < 2 or shift < 1:
+        raise ValueError(f"frame_length={frame_length_ms} ms / frame_shift={frame_shift_ms} ms at "
+                         f"{sample_frequency} Hz give window {win} / shift {shift} samples; need >= 2 / >= 1")
+    return win, shift
+
+
+def num_frames(num_samples: int | Tensor, frame_length_ms: float, frame_shift_ms: float,
+               sample_rate: float, snip_edges: bool = True) -> int | Tensor:
+    """Number of frames kaldi gives for ``num_samples`` samples (``NumFrames`` in feature-window.cc).
+
+    Args:
+        num_samples: int, or a long tensor of any shape (e.g. clip lengths ``(B,)``).
+        frame_length_ms, frame_shift_ms, sample_rate: as kaldi's ``frame_length``, ``frame_shift``,
+            ``sample_frequency``.
+        snip_edges: True: only frames that fit, ``1 + (L - win) // shift`` (0 if ``L < win``);
+            False: ``(L + shift // 2) // shift`` frames centred on multiples of the shift.
+    """
+    win, shift = _window_sizes(sample_rate, frame_length_ms, frame_shift_ms)
+    if not snip_edges:
+        return (num_samples + shift // 2) // shift
+    if isinstance(num_samples, Tensor):
+        return torch.where(num_samples >= win, 1 + (num_samples - win) // shift, 0)
+    return 1 + (num_samples - win) // shift if num_samples >= win else 0
+
+
+# ----------------------------------------------------------------------------- cached constants
+# Built once per (settings, device, dtype). inference_mode(False): a constant first built inside
+# inference_mode must stay usable later by code that records autograd.
+@functools.lru_cache(maxsize=64)
+def _feature_window(window_type: str, size: int, blackman_coeff: float, device: torch.device,
+                    dtype: torch.dtype) -> Tensor:
+    """Kaldi ``FeatureWindowFunction``: symmetric windows (denominator ``size - 1``), ``(size,)``.
+
+    Evaluated in the target dtype (on the CPU) as torchaudio does: float32 rounding of the window is
+    visible in the lowest mel bins, where pre-emphasis leaves little energy.
+    """
+    with torch.inference_mode(False):
+        a = 2 * math.pi / (size - 1)
+        n = torch.arange(size, dtype=dtype)
+        if window_type == "hanning":
+            w = 0.5 - 0.5 * torch.cos(a * n)
+        elif window_type == "povey":  # "like hanning but goes to zero at edges": hann ** 0.85
+            w = (0.5 - 0.5 * torch.cos(a * n)).pow(0.85)
+        elif window_type == "hamming":
+            w = 0.54 - 0.46 * torch.cos(a * n)
+        elif window_type == "rectangular":
+            w = torch.ones(size, dtype=dtype)
+        elif window_type == "blackman":
+            w = blackman_coeff - 0.5 * torch.cos(a * n) + (0.5 - blackman_coeff) * torch.cos(2 * a * n)
+        else:
+            raise ValueError(f"window_type {window_type!r} is not one of {WINDOW_TYPES}")
+        return w.to(device=device)
+
+
+def _mel(freq: Tensor | float) -> Tensor | float:
+    return 1127.0 * (torch.log(1.0 + freq / 700.0) if isinstance(freq, Tensor) else math.log(1.0 + freq / 700.0))
+
+
+def _inverse_mel(mel: Tensor) -> Tensor:
+    return 700.0 * (torch.exp(mel / 1127.0) - 1.0)
+
+
+def _vtln_warp_freq(freq: Tensor, low_freq: float, high_freq: float, vtln_low: float, vtln_high: float,
+                    warp: float) -> Tensor:
+    """Kaldi ``VtlnWarpFreq``: piecewise-linear warp, scaled by 1/warp between the cutoffs ``l, h``."""
+    l, h = vtln_low * max(1.0, warp), vtln_high * min(1.0, warp)
+    if not (l > low_freq and h < high_freq):
+        raise ValueError(f"vtln_warp={warp} moves the VTLN cutoffs ({l}, {h}) outside ({low_freq}, {high_freq})")
+    scale = 1.0 / warp
+    scale_left = (scale * l - low_freq) / (l - low_freq)
+    scale_right = (high_freq - scale * h) / (high_freq - h)
+    warped = torch.where(freq < l, low_freq + scale_left * (freq - low_freq),
+                         torch.where(freq < h, scale * freq, high_freq + scale_right * (freq - high_freq)))
+    return torch.where((freq < low_freq) | (freq > high_freq), freq, warped)
+
+
+@functools.lru_cache(maxsize=64)
+def _mel_bank(num_bins: int, padded_window: int, sample_freq: float, low_freq: float, high_freq: float,
+              vtln_low: float, vtln_high: float, vtln_warp: float, device: torch.device,
+              dtype: torch.dtype) -> Tensor:
+    """Kaldi ``MelBanks`` as a matrix ``(padded_window // 2 + 1, num_bins)`` for ``power @ bank``.
+
+    Built in float32 like Kaldi's ``BaseFloat``: FFT bins that sit on a triangle's edge then get the
+    same (zero) weight as in the reference, which matters for bins whose only content is that edge.
+    The Nyquist row is zero (kaldi only uses bins ``0 .. padded_window/2 - 1``).
+    """
+    if num_bins <= 3:
+        raise ValueError(f"num_mel_bins must be > 3, got {num_bins}")
+    nyquist = 0.5 * sample_freq
+    high_freq = high_freq + nyquist if high_freq <= 0.0 else high_freq  # <= 0 is an offset from nyquist
+    if not (0.0 <= low_freq < nyquist and 0.0 < high_freq <= nyquist and low_freq < high_freq):
+        raise ValueError(f"bad mel range low_freq={low_freq}, high_freq={high_freq} for nyquist {nyquist}")
+    vtln_high = vtln_high + nyquist if vtln_high < 0.0 else vtln_high
+    if vtln_warp != 1.0 and not (low_freq < vtln_low < high_freq and 0.0 < vtln_high < high_freq
+                                 and vtln_low < vtln_high):
+        raise ValueError(f"bad VTLN cutoffs vtln_low={vtln_low}, vtln_high={vtln_high} for mel range "
+                         f"({low_freq}, {high_freq})")
+    with torch.inference_mode(False):
+        mel_low, mel_high = _mel(low_freq), _mel(high_freq)
+        delta = (mel_high - mel_low) / (num_bins + 1)
+        edges = mel_low + torch.arange(num_bins + 2, dtype=torch.float32) * delta  # (M+2,) shared corners
+        if vtln_warp != 1.0:
+            edges = _mel(_vtln_warp_freq(_inverse_mel(edges), low_freq, high_freq, vtln_low, vtln_high, vtln_warp))
+        left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M, 1) each
+        fft_mel = _mel(sample_freq / padded_window * torch.arange(padded_window // 2, dtype=torch.float32))
+        up = (fft_mel - left) / (center - left)  # (M, K)
+        down = (right - fft_mel) / (right - center)
+        inside = (fft_mel > left) & (fft_mel < right)
+        weights = torch.where(inside, torch.where(fft_mel <= center, up, down), 0.0)
+        return F.pad(weights, (0, 1)).T.contiguous().to(device=device, dtype=dtype)  # (K+1, M)
+
+
+# ----------------------------------------------------------------------------- batched kaldi fbank
+def _log_energy(frames: Tensor, energy_floor: float) -> Tensor:
+    log_energy = frames.pow(2).sum(-1).clamp_min(EPSILON).log()
+    return log_energy.clamp_min(math.log(energy_floor)) if energy_floor > 0.0 else log_energy
+
+
+def kaldi_fbank_batch(
+    waveforms: Tensor, lengths: Tensor | None = None, *, blackman_coeff: float = 0.42, dither: float = 0.0,
+    energy_floor: float = 1.0, frame_length: float = 25.0, frame_shift: float = 10.0, high_freq: float = 0.0,
+    htk_compat: bool = False, low_freq: float = 20.0, num_mel_bins: int = 23,
+    preemphasis_coefficient: float = 0.97, raw_energy: bool = True, remove_dc_offset: bool = True,
+    round_to_power_of_two: bool = True, sample_frequency: float = 16000.0, snip_edges: bool = True,
+    subtract_mean: bool = False, use_energy: bool = False, use_log_fbank: bool = True, use_power: bool = True,
+    vtln_high: float = -500.0, vtln_low: float = 100.0, vtln_warp: float = 1.0, window_type: str = "povey",
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Kaldi fbank of every clip of a zero-padded batch at once, on the input's device and dtype.
+
+    Keyword arguments mean exactly what they mean in :func:`kaldi_fbank`.
+
+    Args:
+        waveforms: ``(B, N)`` float, clip ``i`` in ``waveforms[i, :lengths[i]]``.
+        lengths: ``(B,)`` long valid sample counts; None means all ``N``.
+        generator: RNG for ``dither`` (on the waveforms' device); None uses the global one.
+
+    Returns:
+        feats ``(B, T, num_mel_bins [+1 if use_energy])`` with ``T`` the largest frame count, zero
+        beyond each clip's own count; num_frames ``(B,)`` long, what kaldi gives for ``lengths[i]``.
+    """
+    if waveforms.dim() != 2 or not waveforms.is_floating_point():
+        raise ValueError(f"waveforms must be a float (B, N) tensor, got {tuple(waveforms.shape)} {waveforms.dtype}")
+    if window_type not in WINDOW_TYPES:
+        raise ValueError(f"window_type {window_type!r} is not one of {WINDOW_TYPES}")
+    if not 0.0 <= preemphasis_coefficient <= 1.0:
+        raise ValueError(f"preemphasis_coefficient must be in [0, 1], got {preemphasis_coefficient}")
+    batch, num_samples = waveforms.shape
+    device, dtype = waveforms.device, waveforms.dtype
+    if lengths is None:
+        lengths = torch.full((batch,), num_samples, dtype=torch.long, device=device)
+    lengths = lengths.to(device=device, dtype=torch.long)
+    if lengths.shape != (batch,) or bool(((lengths < 0) | (lengths > num_samples)).any()):
+        raise ValueError(f"lengths must be (B,) = ({batch},) values in [0, {num_samples}], got {lengths.tolist()}")
+
+    win, shift = _window_sizes(sample_frequency, frame_length, frame_shift)
+    padded_win = 1 << (win - 1).bit_length() if round_to_power_of_two else win
+    if padded_win % 2:
+        raise ValueError(f"the FFT size must be even, got {padded_win} (set round_to_power_of_two=True)")
+    frame_counts = num_frames(lengths, frame_length, frame_shift, sample_frequency, snip_edges)  # (B,)
+    num_out = num_mel_bins + int(use_energy)
+    max_frames = int(frame_counts.max()) if batch else 0
+    if max_frames == 0:
+        return waveforms.new_zeros(batch, 0, num_out), frame_counts
+
+    # --- framing: frame t starts at t*shift (snip_edges) or t*shift + shift//2 - win//2 (centred)
+    span = (max_frames - 1) * shift + win
+    if snip_edges:  # every counted frame lies inside its clip: a strided view of the batch suffices
+        frames = waveforms[:, :span].unfold(1, win, shift)  # (B, T, win)
+    else:
+        # Kaldi mirrors out-of-range samples at the clip's own ends (s < 0 -> -s-1, s >= L -> 2L-1-s,
+        # repeated while needed); that mirror is 2L-periodic, so one remainder gives the source index.
+        pos = torch.arange(span, device=device) - (win // 2 - shift // 2)  # (S,)
+        period = 2 * lengths.clamp_min(1)[:, None]  # (B, 1)
+        src = torch.remainder(pos, period)  # (B, S)
+        src = torch.where(src >= period // 2, period - 1 - src, src)
+        frames = waveforms.gather(1, src).unfold(1, win, shift)  # (B, T, win)
+    valid = torch.arange(max_frames, device=device) < frame_counts[:, None]  # (B, T)
+
+    # --- per-frame processing, kaldi ProcessWindow order
+    if dither != 0.0:
+        frames = frames + dither * torch.randn(frames.shape, generator=generator, device=device, dtype=dtype)
+    if remove_dc_offset:
+        frames = frames - frames.mean(-1, keepdim=True)
+    if use_energy and raw_energy:  # energy of the frame before pre-emphasis and windowing
+        log_energy = _log_energy(frames, energy_floor)
+    if preemphasis_coefficient != 0.0:  # x[j] - c*x[j-1], with x[-1] taken as x[0]
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = frames - preemphasis_coefficient * previous
+    frames = frames * _feature_window(window_type, win, blackman_coeff, device, dtype)
+    if padded_win != win:
+        frames = F.pad(frames, (0, padded_win - win))  # (B, T, padded_win)
+    if use_energy and not raw_energy:
+        log_energy = _log_energy(frames, energy_floor)
+
+    # --- mel filterbank
+    spectrum = torch.fft.rfft(frames).abs()  # (B, T, padded_win // 2 + 1)
+    if use_power:
+        spectrum = spectrum.pow(2)
+    bank = _mel_bank(num_mel_bins, padded_win, float(sample_frequency), float(low_freq), float(high_freq),
+                     float(vtln_low), float(vtln_high), float(vtln_warp), device, dtype)
+    feats = spectrum @ bank  # (B, T, M)
+    if use_log_fbank:
+        feats = feats.clamp_min(EPSILON).log()
+    if use_energy:  # htk_compat puts energy last, kaldi's own layout puts it first
+        parts = [feats, log_energy[..., None]] if htk_compat else [log_energy[..., None], feats]
+        feats = torch.cat(parts, dim=-1)
+    if subtract_mean:  # per clip, over its own frames only
+        mask = valid[..., None].to(dtype)
+        feats = feats - (feats * mask).sum(1, keepdim=True) / frame_counts.clamp_min(1)[:, None, None]
+    return feats.masked_fill(~valid[..., None], 0.0), frame_counts
+
+
+def kaldi_fbank(
+    waveform: Tensor, blackman_coeff: float = 0.42, channel: int = -1, dither: float = 0.0,
+    energy_floor: float = 1.0, frame_length: float = 25.0, frame_shift: float = 10.0, high_freq: float = 0.0,
+    htk_compat: bool = False, low_freq: float = 20.0, min_duration: float = 0.0, num_mel_bins: int = 23,
+    preemphasis_coefficient: float = 0.97, raw_energy: bool = True, remove_dc_offset: bool = True,
+    round_to_power_of_two: bool = True, sample_frequency: float = 16000.0, snip_edges: bool = True,
+    subtract_mean: bool = False, use_energy: bool = False, use_log_fbank: bool = True, use_power: bool = True,
+    vtln_high: float = -500.0, vtln_low: float = 100.0, vtln_warp: float = 1.0, window_type: str = "povey",
+    *, generator: torch.Generator | None = None,
+) -> Tensor:
+    """Drop-in ``torchaudio.compliance.kaldi.fbank``: same arguments, defaults and results.
+
+    Args:
+        waveform: ``(channels, N)`` as torchaudio takes it (``channel`` picks one; -1 means 0), or ``(N,)``.
+        blackman_coeff: the ``a0`` of the generalised Blackman window.
+        dither: std of Gaussian noise added to every frame (0 = deterministic); draws from ``generator``.
+        energy_floor: floor on the log energy is ``log(energy_floor)`` when > 0.
+        frame_length, frame_shift: in milliseconds.
+        high_freq: upper mel cutoff in Hz; <= 0 means offset from Nyquist. low_freq: lower cutoff.
+        htk_compat: with ``use_energy``, put the energy last (HTK) instead of first.
+        min_duration: shorter waveforms (seconds) give an empty result.
+        num_mel_bins: number of triangular mel filters (> 3).
+        preemphasis_coefficient: ``x[j] -= c * x[j-1]`` per frame.
+        raw_energy: energy before (True) or after pre-emphasis and windowing.
+        remove_dc_offset: subtract each frame's mean.
+        round_to_power_of_two: zero-pad each frame to the next power of two for the FFT.
+        sample_frequency: Hz. snip_edges: see :func:`num_frames`; False mirrors the waveform at its ends.
+        subtract_mean: subtract the per-bin mean over frames.
+        use_energy: add a log-energy column. use_log_fbank: log of mel energies (floored at float32 eps).
+        use_power: power spectrum (True) or magnitude.
+        vtln_low, vtln_high, vtln_warp: vocal tract length normalisation cutoffs (Hz; negative
+            ``vtln_high`` is an offset from Nyquist) and warp factor (1.0 = off).
+        window_type: one of ``hamming, hanning, povey, rectangular, blackman``.
+
+    Returns:
+        ``(frames, num_mel_bins [+1 if use_energy])`` in the waveform's dtype and device; 0 frames when the
+        waveform is shorter than one window with ``snip_edges`` (torchaudio raises there instead).
+    """
+    if waveform.dim() == 2:
+        waveform = waveform[max(channel, 0)]
+    if waveform.dim() != 1:
+        raise ValueError(f"waveform must be (channels, N) or (N,), got shape {tuple(waveform.shape)}")
+    options = dict(blackman_coeff=blackman_coeff, dither=dither, energy_floor=energy_floor,
+                   frame_length=frame_length, frame_shift=frame_shift, high_freq=high_freq,
+                   htk_compat=htk_compat, low_freq=low_freq, num_mel_bins=num_mel_bins,
+                   preemphasis_coefficient=preemphasis_coefficient, raw_energy=raw_energy,
+                   remove_dc_offset=remove_dc_offset, round_to_power_of_two=round_to_power_of_two,
+                   sample_frequency=sample_frequency, snip_edges=snip_edges, subtract_mean=subtract_mean,
+                   use_energy=use_energy, use_log_fbank=use_log_fbank, use_power=use_power,
+                   vtln_high=vtln_high, vtln_low=vtln_low, vtln_warp=vtln_warp, window_type=window_type)
+    if waveform.numel() < min_duration * sample_frequency:
+        return waveform.new_zeros(0, num_mel_bins + int(use_energy))
+    feats, _ = kaldi_fbank_batch(waveform[None], None, generator=generator, **options)
+    return feats[0]
+
+
+# ----------------------------------------------------------------------------- audio I/O
+def validate_waveform(wav: Tensor, name: str = "waveform") -> Tensor:
+    """Return ``wav`` if it is a usable mono waveform ``(N,)``; else raise :class:`AudioError` naming it."""
+    if not isinstance(wav, Tensor) or wav.dim() != 1:
+        shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
+        raise AudioError(f"{name}: expected a 1-D (N,) waveform tensor, got {shape}")
+    if wav.numel() == 0:
+        raise AudioError(f"{name}: waveform is empty (0 samples)")
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioError(f"{name}: waveform contains non-finite samples (NaN or inf)")
+    return wav
+
+
+def resample(wave: Tensor, orig_sr: int, target_sr: int) -> Tensor:
+    """Resample ``(N,)`` or ``(channels, N)`` with soxr 'HQ'; returns the input's dtype and device."""
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    if wave.dim() not in (1, 2):
+        raise ValueError(f"expected (N,) or (channels, N), got shape {tuple(wave.shape)}")
+    if orig_sr == target_sr:
+        return wave
+    x = wave.detach().cpu().numpy()
+    x = x if x.dtype == np.float64 else x.astype(np.float32)
+    y = soxr.resample(x.T, orig_sr, target_sr, quality="HQ").T  # soxr wants (frames, channels)
+    return torch.from_numpy(np.ascontiguousarray(y)).to(device=wave.device, dtype=wave.dtype)
+
+
+def load_audio(path: str | Path, target_sr: int | None = None, mono: bool = True,
+               downmix: bool = False) -> tuple[Tensor, int]:
+    """Read an audio file as float32 in [-1, 1) (what ``torchaudio.load`` gives), optionally resampled.
+
+    Args:
+        path: any format libsndfile reads (wav, flac, ogg, ...).
+        target_sr: resample with soxr when the file's rate differs; None keeps the file's rate.
+        mono: return ``(N,)``; a multi-channel file is an error unless ``downmix``. False: ``(C, N)``.
+        downmix: average the channels of a multi-channel file when ``mono``.
+
+    Returns:
+        (waveform, sample_rate) with the rate of the returned waveform.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} not found")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"cannot read audio file {path} (unreadable or corrupt): {exc}") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path} is empty (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file {path} contains non-finite samples (NaN or inf)")
+    wave = torch.from_numpy(np.ascontiguousarray(data.T))  # (C, N)
+    if mono:
+        if wave.shape[0] > 1 and not downmix:
+            raise AudioError(f"audio file {path} has {wave.shape[0]} channels but mono audio is required; "
+                             "downmix it (e.g. `sox in.wav -c 1 out.wav`) or pass downmix=True")
+        wave = wave.mean(0)
+    if target_sr is not None and target_sr != sr:
+        wave, sr = resample(wave, sr, target_sr), target_sr
+    return wave, int(sr)
+
+
+def pad_waveforms(waves: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Zero-pad 1-D waveforms into ``(B, N_max)``; returns it with the lengths ``(B,)`` long."""
+    if not waves:
+        raise ValueError("pad_waveforms needs at least one waveform")
+    for i, wav in enumerate(waves):
+        if wav.dim() != 1:
+            raise AudioError(f"waveform {i}: expected shape (N,), got {tuple(wav.shape)}")
+    lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long, device=waves[0].device)
+    return nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths
+
+
+# ----------------------------------------------------------------------------- per-checkpoint pipelines
+@dataclass
+class FbankConfig:
+    """Everything between a waveform and a model input; the defaults are kaldi's at 16 kHz, 128 bins."""
+
+    sample_rate: int = 16000  # the checkpoint's rate; ASiT is 32 kHz
+    num_mel_bins: int = 128
+    window_type: str = "povey"  # kaldi default (MAE-AST); SSAST/ASiT use "hanning"
+    htk_compat: bool = False  # only changes anything with use_energy, kept for parity with the callers
+    use_energy: bool = False
+    dither: float = 0.0  # every checkpoint was trained without dither
+    frame_shift_ms: float = 10.0
+    frame_length_ms: float = 25.0
+    remove_mean_first: bool = False  # waveform - waveform.mean() per clip (SSAST/ASiT dataloaders)
+    norm_mean: float | None = None  # (fbank - norm_mean) / (2 * norm_std), SSAST/ASiT dataset stats
+    norm_std: float | None = None
+    target_length: int | None = None  # pad with zero rows / cut to exactly this many frames
+    pad_then_normalise: bool = True  # official dataloaders: padded rows become -mean/(2 std); s3prl: 0
+
+    def __post_init__(self) -> None:
+        if self.window_type not in WINDOW_TYPES:
+            raise ValueError(f"window_type {self.window_type!r} is not one of {WINDOW_TYPES}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError(f"set both norm_mean and norm_std or neither, got {self.norm_mean}, {self.norm_std}")
+        if self.norm_std is not None and self.norm_std <= 0:
+            raise ValueError(f"norm_std must be positive, got {self.norm_std}")
+        if self.target_length is not None and self.target_length <= 0:
+            raise ValueError(f"target_length must be positive or None, got {self.target_length}")
+
+    @classmethod
+    def ssast(cls, target_length: int = 1024, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD,
+              remove_mean_first: bool = True, pad_then_normalise: bool = True) -> FbankConfig:
+        """SSAST ``src/dataloader.py``; fine-tuning recipes pass their own stats and target_length."""
+        return cls(sample_rate=16000, window_type="hanning", htk_compat=True, remove_mean_first=remove_mean_first,
+                   norm_mean=mean, norm_std=std, target_length=target_length,
+                   pad_then_normalise=pad_then_normalise)
+
+    @classmethod
+    def ssast_s3prl(cls, target_length: int) -> FbankConfig:
+        """s3prl ``ssast/audio.py``: no mean removal, AudioSet stats, normalise then zero-pad."""
+        return cls.ssast(target_length, remove_mean_first=False, pad_then_normalise=False)
+
+    @classmethod
+    def mae_ast(cls) -> FbankConfig:
+        """MAE-AST ``postprocess_spec``: kaldi defaults, variable length; the model normalises."""
+        return cls(sample_rate=16000, window_type="povey", htk_compat=False)
+
+    @classmethod
+    def asit(cls, num_frames: int = 592) -> FbankConfig:
+        """ASiT ``DataAugmentation._wav2fbank`` at 32 kHz, pad/cut to ``num_frames`` then normalise."""
+        return cls(sample_rate=32000, window_type="hanning", htk_compat=True, remove_mean_first=True,
+                   norm_mean=AUDIOSET_MEAN, norm_std=AUDIOSET_STD, target_length=num_frames)
+
+    def kaldi_kwargs(self) -> dict:
+        """Keyword arguments for :func:`kaldi_fbank` / ``torchaudio.compliance.kaldi.fbank``."""
+        return dict(sample_frequency=float(self.sample_rate), num_mel_bins=self.num_mel_bins,
+                    window_type=self.window_type, htk_compat=self.htk_compat, use_energy=self.use_energy,
+                    dither=self.dither, frame_shift=self.frame_shift_ms, frame_length=self.frame_length_ms)
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return 1000.0 / self.frame_shift_ms
+
+
+class Fbank(nn.Module):
+    """Padded waveforms ``(B, N)`` + lengths -> model-ready log-mels ``(B, T, M)`` + valid frame counts.
+
+    One batched pass: per-clip mean removal over valid samples, :func:`kaldi_fbank_batch`, pad/cut to
+    ``target_length``, normalisation in the configured order. Without ``target_length``, ``T`` is the
+    longest clip's frame count and rows past a clip's end are exactly 0 (``pad_sequence`` style, as
+    MAE-AST batches); the normalised value of padding only applies to target-length padding.
+    Parameter-free; constants are cached per device and dtype.
+    """
+
+    def __init__(self, config: FbankConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Args: waveforms ``(B, N)`` float in [-1, 1); lengths ``(B,)`` (None = all N); generator for dither.
+
+        Returns: feats ``(B, T, M)``; num_frames ``(B,)`` long, frames holding audio (<= T).
+        """
+        cfg = self.config
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be (B, N), got shape {tuple(waveforms.shape)}")
+        batch, num_samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), num_samples, dtype=torch.long, device=waveforms.device)
+        lengths = lengths.to(device=waveforms.device, dtype=torch.long)
+        if cfg.remove_mean_first:  # the mean of the clip itself, not of the clip plus its padding
+            inside = torch.arange(num_samples, device=waveforms.device) < lengths[:, None]  # (B, N)
+            mean = (waveforms * inside).sum(1, keepdim=True) / lengths.clamp_min(1)[:, None]
+            waveforms = (waveforms - mean) * inside
+        feats, frames = kaldi_fbank_batch(waveforms, lengths, generator=generator, **cfg.kaldi_kwargs())
+        if cfg.target_length is not None:
+            extra = cfg.target_length - feats.shape[1]
+            feats = F.pad(feats, (0, 0, 0, extra)) if extra > 0 else feats[:, : cfg.target_length]
+            frames = frames.clamp(max=cfg.target_length)
+        if cfg.norm_mean is not None:
+            normed = (feats - cfg.norm_mean) / (2.0 * cfg.norm_std)
+            if cfg.pad_then_normalise and cfg.target_length is not None:
+                feats = normed
+            else:
+                valid = torch.arange(feats.shape[1], device=feats.device) < frames[:, None]  # (B, T)
+                feats = normed.masked_fill(~valid[..., None], 0.0)
+        return feats, frames
+
+    def extra_repr(self) -> str:
+        return repr(self.config)

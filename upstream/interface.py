@@ -1,0 +1,212 @@
+"""The upstream contract: waveforms in, every layer's frame-level features out.
+
+``Upstream`` = front end (waveform -> normalised log-mel) + :class:`~upstream.encoder.ASTEncoder`, with the
+pretraining heads dropped. It follows s3prl's upstream contract so SUPERB-style downstreams plug in:
+
+* ``forward(wavs)`` takes a list of 1-D float waveforms in [-1, 1) at ``sample_rate`` and returns a dict
+  with ``hidden_states`` (list of ``(B, T, H)``, one per block, no embedding entry), ``last_hidden_state``
+  (``(B, T, H)``, after the final norm where the model has one), ``clip`` (``(B, D)``, pooled as the
+  papers pool) and ``lengths`` (``(B,)`` valid frames).
+* ``get_downsample_rates(key)`` gives input samples per output frame.
+
+Frame-level features put the frequency patches of one time step side by side (``H = n_f * D``), exactly
+as s3prl's SSAST and MAE-AST experts do. Long audio is cut into fixed windows (``window_frames``), each
+padded to the model's input length, and the windows' features are concatenated in time:
+
+* ``window_mode='s3prl'`` (SSAST): non-overlapping windows of ``window_frames * frame_shift`` samples,
+  each one's fbank (98 frames for 1 s) padded to ``window_frames``; s3prl's ``ssast`` expert.
+* ``window_mode='exact'`` (ASiT): the clip's fbank cut into windows of ``window_frames`` frames, the last
+  one zero-padded before normalisation as the official crops are, so tokens stay on one time grid.
+* ``window_frames=None`` (MAE-AST): the whole clip at once with a padding mask.
+
+The fbank-level entry point :meth:`Upstream.forward_fbank` serves end-to-end fine-tuning and fixtures.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import ASTEncoder, EncoderConfig
+from .frontend import Fbank, FbankConfig, pad_waveforms, validate_waveform
+from .tokenizer import token_padding_mask, tokens_to_time_rows
+
+
+@dataclass
+class UpstreamConfig:
+    """Everything that rebuilds an :class:`Upstream`; saved inside every checkpoint this project writes."""
+
+    family: str  # 'ssast' | 'mae_ast' | 'asit'
+    encoder: EncoderConfig
+    frontend: FbankConfig
+    window_frames: int | None = None  # frames per window (= the encoder's input_tdim when set)
+    window_mode: str = "s3prl"  # 's3prl' | 'exact'
+    partial_patch_valid: bool = True  # MAE-AST official token padding (see tokenizer.token_padding_mask)
+    pooling: str = "mean"  # clip feature: 'mean' of patch tokens, or 'cls' (prefix tokens averaged)
+    extra: dict = field(default_factory=dict)  # family-specific facts kept for provenance (e.g. p_input_tdim)
+
+    def __post_init__(self):
+        if self.window_mode not in ("s3prl", "exact"):
+            raise ValueError(f"window_mode must be 's3prl' or 'exact', got {self.window_mode!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.pooling == "cls" and self.encoder.num_prefix_tokens == 0:
+            raise ValueError(f"pooling='cls' needs prefix tokens, but {self.family} has none")
+        if self.window_frames is not None and self.window_frames != self.encoder.input_tdim:
+            raise ValueError(
+                f"window_frames={self.window_frames} must equal the encoder's input_tdim={self.encoder.input_tdim}"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "family": self.family, "encoder": self.encoder.to_dict(), "frontend": asdict(self.frontend),
+            "window_frames": self.window_frames, "window_mode": self.window_mode,
+            "partial_patch_valid": self.partial_patch_valid, "pooling": self.pooling, "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UpstreamConfig":
+        d = dict(d)
+        d["encoder"] = EncoderConfig.from_dict(d["encoder"])
+        d["frontend"] = FbankConfig(**d["frontend"])
+        return cls(**d)
+
+
+class Upstream(nn.Module):
+    """Front end + encoder under the s3prl upstream contract (see module docstring)."""
+
+    def __init__(self, cfg: UpstreamConfig, name: str = ""):
+        super().__init__()
+        self.cfg = cfg
+        self.name = name or cfg.family
+        self.frontend = Fbank(cfg.frontend)
+        if cfg.window_frames is not None and cfg.window_mode == "exact":
+            self._raw_frontend = Fbank(replace(cfg.frontend, target_length=None, norm_mean=None, norm_std=None))
+        self.encoder = ASTEncoder(cfg.encoder)
+        self.sample_rate = int(cfg.frontend.sample_rate)
+        enc = cfg.encoder
+        self._shift = int(round(cfg.frontend.sample_rate * cfg.frontend.frame_shift_ms / 1000))
+        n_f, _ = enc.grid
+        self.num_freq_patches = n_f
+        self.hidden_size = n_f * enc.embed_dim  # frame-level feature width
+        self.clip_size = enc.embed_dim
+
+    # ------------------------------------------------------------------ contract
+    def get_downsample_rates(self, key: str = "hidden_states") -> int:
+        """Input samples per output frame, for every key."""
+        return self._shift * self.cfg.encoder.tstride
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.encoder.depth
+
+    def forward(self, wavs: list[torch.Tensor]) -> dict:
+        """
+        Args:
+            wavs: list of B 1-D float waveforms in [-1, 1) at ``self.sample_rate``.
+        Returns:
+            dict with ``hidden_states`` (list of (B, T, H)), ``last_hidden_state`` (B, T, H),
+            ``clip`` (B, D), ``lengths`` (B,) long.
+        """
+        if len(wavs) == 0:
+            raise ValueError("Upstream.forward got an empty batch")
+        device = self.encoder.patch_embed.proj.weight.device
+        wavs = [validate_waveform(w, f"waveform {i}").to(device=device, dtype=torch.float32)
+                for i, w in enumerate(wavs)]
+        padded, lengths = pad_waveforms(wavs)  # (B, S), (B,)
+        if self.cfg.window_frames is None:
+            return self._forward_whole(padded, lengths)
+        return self._forward_windows(padded, lengths)
+
+    # ------------------------------------------------------------------ whole-clip path (MAE-AST)
+    def _forward_whole(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
+        fbank, num_frames = self.frontend(padded, lengths)  # (B, T, F), (B,)
+        enc = self.cfg.encoder
+        n_f, n_t = self.encoder.grid_for(fbank.shape[1])
+        if n_t == 0:
+            raise ValueError(
+                f"clips too short for {self.name}: {fbank.shape[1]} frames < one patch of {enc.tshape}"
+            )
+        tok_pad = token_padding_mask(num_frames, n_t, n_f, enc.tshape, enc.tstride, enc.token_order,
+                                     self.cfg.partial_patch_valid)
+        out = self.forward_fbank(fbank, tok_pad)
+        valid_rows = (~tok_pad).view(len(lengths), -1).sum(1) // n_f
+        return self._assemble(out, n_f, n_t, lengths, valid_rows, windows=1)
+
+    # ------------------------------------------------------------------ windowed path (SSAST, ASiT)
+    def _forward_windows(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
+        B, S = padded.shape
+        W = self.cfg.window_frames
+        if self.cfg.window_mode == "s3prl":
+            # s3prl ssast expert: cut the zero-padded waveform into windows, one fbank per window
+            win = W * self._shift
+            num_win = max(1, math.ceil(S / win))  # = len(range(0, S, win))
+            padded = F.pad(padded, (0, num_win * win - S))
+            chunks = padded.reshape(B * num_win, win)  # (B*W, win)
+            fbank, _ = self.frontend(chunks, torch.full((B * num_win,), win, device=padded.device))
+            n_f, n_t = self.encoder.grid_for(fbank.shape[1])
+            rows = torch.full_like(lengths, num_win * n_t)
+        else:
+            # official ASiT crops: fbank of the clip, zero rows to the window length, then normalise
+            fbank, frames = self._raw_frontend(padded, lengths)  # (B, T, F), rows past a clip are 0
+            num_win = max(1, math.ceil(fbank.shape[1] / W))
+            fbank = F.pad(fbank, (0, 0, 0, num_win * W - fbank.shape[1])).reshape(B * num_win, W, -1)
+            fc = self.cfg.frontend
+            if fc.norm_mean is not None:
+                fbank = (fbank - fc.norm_mean) / (2.0 * fc.norm_std)
+            n_f, n_t = self.encoder.grid_for(W)
+            rows = torch.div(frames + self.cfg.encoder.tstride - 1, self.cfg.encoder.tstride, rounding_mode="floor")
+        out = self.forward_fbank(fbank)  # windows are fully valid: their padding is part of the input
+        return self._assemble(out, n_f, n_t, lengths, rows, windows=num_win)
+
+    # ------------------------------------------------------------------ shared tail
+    def forward_fbank(self, fbank: torch.Tensor, token_padding: torch.Tensor | None = None) -> dict:
+        """Token-level features from a normalised spectrogram, for fine-tuning and checks.
+
+        Args:
+            fbank: (B, T, F) as the front end gives it (padded/cut to ``input_tdim`` where the model
+                has a learned position table).
+            token_padding: (B, N) bool, True = padded patch token.
+        Returns:
+            dict: ``block_out`` list of (B, P+N, D) per block; ``norm_out`` (B, P+N, D) after the final
+            norm; ``tokens`` (B, N, D) = ``norm_out`` without the prefix; ``token_padding``.
+        """
+        blocks, final = self.encoder.forward_intermediates(fbank, token_padding)
+        P = self.encoder.num_prefix_tokens
+        return {"block_out": blocks, "norm_out": final, "tokens": final[:, P:], "token_padding": token_padding}
+
+    def _assemble(self, out: dict, n_f: int, n_t: int, lengths: torch.Tensor, valid_rows: torch.Tensor,
+                  windows: int) -> dict:
+        P, order = self.encoder.num_prefix_tokens, self.cfg.encoder.token_order
+        B = len(lengths)
+
+        def frames(x: torch.Tensor) -> torch.Tensor:  # (B*W, P+N, D) -> (B, W*n_t, n_f*D)
+            rows = tokens_to_time_rows(x[:, P:], n_f, n_t, order)
+            return rows.reshape(B, windows * n_t, -1)
+
+        ds = self.get_downsample_rates()
+        max_rows = len(range(0, int(lengths.max()), ds))  # s3prl trims every clip to this
+        hidden = [frames(h)[:, :max_rows] for h in out["block_out"]]
+        last = frames(out["norm_out"])[:, :max_rows]
+        T = last.shape[1]
+        lens = torch.minimum(valid_rows, torch.div(lengths + ds - 1, ds, rounding_mode="floor")).clamp(max=T)
+        valid = torch.arange(T, device=lens.device)[None, :] < lens[:, None]  # (B, T)
+        if self.cfg.pooling == "cls":
+            cls = out["norm_out"][:, :P].mean(1).reshape(B, windows, -1)  # (B, W, D)
+            used = (torch.arange(windows, device=lens.device)[None] * n_t < lens[:, None]).float()
+            clip = (cls * used[..., None]).sum(1) / used.sum(1, keepdim=True).clamp(min=1)
+        else:
+            tok = last.reshape(B, T, n_f, -1)  # (B, T, n_f, D)
+            w = valid[:, :, None, None].to(tok.dtype)
+            clip = (tok * w).sum((1, 2)) / (w.sum((1, 2)) * n_f).clamp(min=1)
+        return {"hidden_states": hidden, "last_hidden_state": last, "clip": clip, "lengths": lens}
+
+    # ------------------------------------------------------------------ checkpoints this project writes
+    def save(self, path, extra: dict | None = None) -> None:
+        """Write weights + the config that rebuilds them (loads back with ``upstream.load``)."""
+        from .checkpoint import save_upstream
+
+        save_upstream(self, path, extra)

@@ -1,0 +1,111 @@
+"""Upstream registry: name -> builder.
+
+``@register_upstream("ssast_patch_400")`` sits on a builder ``(ckpt=None, **overrides) -> Upstream``;
+:func:`load` finds it by name, or imports a user's own builder given as ``"package.module:builder"``.
+A duplicate name raises, so two plug-ins cannot silently shadow each other.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_upstream(name: str, description: str = "") -> Callable:
+    """Decorator registering ``fn(ckpt=None, **overrides) -> Upstream`` under ``name``."""
+
+    def deco(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"upstream {name!r} is already registered (by {_REGISTRY[name].__module__})")
+        _REGISTRY[name] = fn
+        _DESCRIPTIONS[name] = description or (inspect.getdoc(fn) or "").split("\n")[0]
+        return fn
+
+    return deco
+
+
+def list_upstreams() -> list[str]:
+    """All registered names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe_upstreams() -> dict[str, str]:
+    return {n: _DESCRIPTIONS[n] for n in list_upstreams()}
+
+
+def resolve_builder(name: str) -> Callable[..., nn.Module]:
+    """A registered name, or ``"package.module:builder"`` for a user's own upstream."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ValueError(f"upstream {name!r}: cannot import module {module_name!r}: {e}") from None
+        if not hasattr(module, attr):
+            raise ValueError(f"upstream {name!r}: module {module_name!r} has no attribute {attr!r}")
+        builder = getattr(module, attr)
+        if not callable(builder):
+            raise ValueError(f"upstream {name!r}: {attr!r} is not callable")
+        return builder
+    close = [n for n in _REGISTRY if name.split("_")[0] in n][:6]
+    hint = f"; similar: {close}" if close else ""
+    raise ValueError(f"unknown upstream {name!r}{hint}. Registered: {', '.join(list_upstreams())}; "
+                     f"or give 'package.module:builder' for your own")
+
+
+def load(name: str, ckpt: str | os.PathLike | None = None, **overrides) -> nn.Module:
+    """Build upstream ``name``, from ``ckpt`` when given (official or astbench format).
+
+    Overrides use the official argument names (``fstride``, ``tstride``, ``window_secs``, ...); an unknown
+    one raises naming it.
+    """
+    builder = resolve_builder(name)
+    model = builder(ckpt=ckpt, **overrides) if ckpt is not None else builder(**overrides)
+    if not getattr(model, "name", None):
+        model.name = name
+    return model
+
+
+def checkpoint_dir() -> Path:
+    """Where official checkpoints are looked up by file name: ``$ASTBENCH_CHECKPOINTS`` or
+    ``~/.cache/astbench/checkpoints``."""
+    return Path(os.environ.get("ASTBENCH_CHECKPOINTS", Path.home() / ".cache" / "astbench" / "checkpoints"))
+
+
+def resolve_checkpoint(name: str, ckpt, default_file: str | None, random_init: bool):
+    """The checkpoint to build ``name`` from: ``ckpt``, else ``default_file`` in :func:`checkpoint_dir`,
+    else ``None`` when ``random_init`` (a from-scratch baseline). Raises with instructions otherwise."""
+    from .checkpoint import read_checkpoint
+
+    if ckpt is not None:
+        if random_init:
+            raise ValueError(f"upstream {name!r}: give either ckpt or random_init=True, not both")
+        return ckpt
+    if random_init:
+        return None
+    if default_file:
+        path = checkpoint_dir() / default_file
+        if path.exists():
+            return path
+        raise FileNotFoundError(
+            f"upstream {name!r} needs its checkpoint {default_file!r}: place it at {path} (or set "
+            f"ASTBENCH_CHECKPOINTS), pass ckpt=/--ckpt with its path, or use random_init=True for an "
+            f"untrained model"
+        )
+    raise FileNotFoundError(f"upstream {name!r} has no released checkpoint: pass ckpt=/--ckpt (e.g. one "
+                            f"pretrained with run_pretrain.py) or random_init=True")
+
+
+def check_overrides(name: str, overrides: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"upstream {name!r} does not take override(s) {unknown}; it takes {sorted(allowed)}")

@@ -1,0 +1,111 @@
+"""SSAST: Self-Supervised Audio Spectrogram Transformer (Gong, Lai, Chung, Glass; AAAI 2022).
+
+Reference code: YuanGongND/ssast (``src/models/ast_models.py``) and s3prl's ``upstream/ssast`` expert.
+
+The backbone is a DeiT ViT with two leading tokens (cls + dist), pre-norm blocks and a learned position
+table over a frequency-major patch grid. Upstream features follow s3prl: 1 s windows, fine-tuning strides
+(patch 10/10, frame 128/1), the position table adapted from the 128x1024 pretraining grid by SSAST's own
+centre-cut / bilinear rule, and every block's output (before the final norm) as a hidden state.
+"""
+from __future__ import annotations
+
+from .checkpoint import CheckpointError, RawCheckpoint, read_checkpoint
+from .encoder import ASTEncoder, EncoderConfig
+from .frontend import FbankConfig
+from .interface import Upstream, UpstreamConfig
+from .layers import ssast_adapt_pos_embed
+from .registry import check_overrides, register_upstream, resolve_checkpoint
+
+# ------------------------------------------------------------------------------------------ sizes
+SIZES = {  # DeiT backbones of ast_models.py; 'mini' is a test-size model of this project
+    "mini": dict(embed_dim=64, depth=2, num_heads=4),
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+# pretraining patches (no overlap) and s3prl's fine-tuning strides (s3prl upstream/ssast/expert.py)
+TOKENS = {
+    "patch": dict(fshape=16, tshape=16, fstride=10, tstride=10),
+    "frame": dict(fshape=128, tshape=2, fstride=128, tstride=1),
+}
+PRETRAIN_TDIM = 1024  # p_input_tdim of every released model
+OVERRIDES = {"fshape", "tshape", "fstride", "tstride", "window_secs", "target_length", "input_tdim",
+             "model_size", "pooling", "random_init", "num_heads"}
+
+
+def pretrain_encoder_config(token: str, size: str, input_tdim: int = PRETRAIN_TDIM) -> EncoderConfig:
+    """The encoder as SSAST pretrains it: non-overlapping patches over 128 x ``input_tdim``."""
+    t = TOKENS[token]
+    return EncoderConfig(**SIZES[size], fshape=t["fshape"], tshape=t["tshape"], fstride=t["fshape"],
+                         tstride=t["tshape"], input_tdim=input_tdim, token_order="freq_major",
+                         num_prefix_tokens=2, pos_embed="learned", norm_first=True, norm_eps=1e-6)
+
+
+def build_ssast(name: str, token: str, size: str, default_file: str | None, ckpt=None, **overrides) -> Upstream:
+    """SSAST upstream at s3prl's settings, from an official ``.pth``, an astbench checkpoint or scratch."""
+    check_overrides(name, overrides, OVERRIDES)
+    geo = {**TOKENS[token], **{k: overrides[k] for k in ("fshape", "tshape", "fstride", "tstride") if k in overrides}}
+    window_secs = overrides.get("window_secs", 1.0)
+    target = overrides.get("target_length", overrides.get("input_tdim", int(round(window_secs * 100))))
+    if "window_secs" in overrides and target != int(round(window_secs * 100)):
+        raise ValueError(f"{name}: target_length {target} disagrees with window_secs {window_secs} (100 frames/s)")
+    path = resolve_checkpoint(name, ckpt, default_file, overrides.get("random_init", False))
+    raw = read_checkpoint(path, num_heads=overrides.get("num_heads")) if path is not None else None
+    if raw is not None:
+        if raw.family != "ssast":
+            raise CheckpointError(f"{raw.path} is a {raw.family} checkpoint, but {name!r} is an SSAST upstream")
+        pre = raw.encoder
+        if (pre.fshape, pre.tshape) != (geo["fshape"], geo["tshape"]):
+            raise CheckpointError(
+                f"{raw.path} has {pre.fshape}x{pre.tshape} (fshape x tshape) patches, but {name!r} expects "
+                f"{geo['fshape']}x{geo['tshape']}; use the {'frame' if pre.fshape == 128 else 'patch'} upstream"
+            )
+        if "model_size" in overrides and SIZES[overrides["model_size"]]["embed_dim"] != pre.embed_dim:
+            raise CheckpointError(f"{raw.path} holds a D={pre.embed_dim} model, not model_size={overrides['model_size']!r}")
+    else:
+        pre = pretrain_encoder_config(token, overrides.get("model_size", size))
+    enc_cfg = EncoderConfig.from_dict({**pre.to_dict(), "fstride": geo["fstride"], "tstride": geo["tstride"],
+                                       "fshape": geo["fshape"], "tshape": geo["tshape"], "input_tdim": target})
+    cfg = UpstreamConfig("ssast", enc_cfg, FbankConfig.ssast_s3prl(target), window_frames=target,
+                         window_mode="s3prl", pooling=overrides.get("pooling", "mean"))
+    model = Upstream(cfg, name)
+    if raw is not None:
+        load_ssast_weights(model.encoder, raw)
+        model.checkpoint_sha256 = raw.sha256
+    return model
+
+
+def load_ssast_weights(encoder: ASTEncoder, raw: RawCheckpoint) -> None:
+    """Official fine-tune load path (ast_models.py): same conv weight at the new stride, position table
+    centre-cut / interpolated from the pretraining grid to the encoder's grid."""
+    state = dict(raw.state)
+    pre, P = raw.encoder, raw.encoder.num_prefix_tokens
+    if P != encoder.num_prefix_tokens:
+        raise CheckpointError(f"{raw.path} has {P} leading tokens; this encoder expects {encoder.num_prefix_tokens}")
+    p_f, p_t = pre.grid
+    f_dim, t_dim = encoder.cfg.grid
+    if (p_f, p_t) != (f_dim, t_dim) or (pre.fstride, pre.tstride) != (encoder.cfg.fstride, encoder.cfg.tstride):
+        state["pos_embed"] = ssast_adapt_pos_embed(state["pos_embed"], P, p_f, p_t, f_dim, t_dim)
+    encoder.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def _register(name: str, token: str, size: str, default_file: str | None, desc: str) -> None:
+    def builder(ckpt=None, **overrides) -> Upstream:
+        if default_file is None:  # test-size models have no release: untrained unless a ckpt is given
+            overrides.setdefault("random_init", ckpt is None)
+        return build_ssast(name, token, size, default_file, ckpt, **overrides)
+
+    builder.__doc__ = desc
+    register_upstream(name, desc)(builder)
+
+
+for _tok in ("patch", "frame"):
+    for _n in (100, 250, 400):
+        _register(f"ssast_{_tok}_{_n}", _tok, "base", f"SSAST-Base-{_tok.title()}-{_n}.pth",
+                  f"SSAST-Base-{_tok.title()} pretrained with {_n} masked {_tok}es (AudioSet + LibriSpeech)")
+    _register(f"ssast_{_tok}_tiny", _tok, "tiny", f"SSAST-Tiny-{_tok.title()}-400.pth",
+              f"SSAST-Tiny-{_tok.title()}-400 (D=192, 12 blocks, 3 heads)")
+    _register(f"ssast_{_tok}_mini", _tok, "mini", None,
+              f"test-size SSAST {_tok} model (D=64, 2 blocks); random init unless ckpt is given")
+_register("ssast_patch_small", "patch", "small", "SSAST-Small-Patch-400.pth", "SSAST-Small-Patch-400 (D=384)")
