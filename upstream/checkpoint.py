@@ -220,7 +220,6 @@ def _read_mae_ast(obj: dict, path: Path, sha: str) -> RawCheckpoint:
         "input_bn.running_mean": sd["batch_norm.running_mean"],
         "input_bn.running_var": sd["batch_norm.running_var"],
         "input_bn.num_batches_tracked": sd.get("batch_norm.num_batches_tracked", torch.tensor(0)),
-        "prefix_tokens": torch.zeros(1, 0, D),
     }
     ln = "norm" if norm_first else "input_norm"  # fairseq: final LN if layer_norm_first else input LN
     state[f"{ln}.weight"], state[f"{ln}.bias"] = sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"]

@@ -85,7 +85,10 @@ class ASTEncoder(nn.Module):
         D = cfg.embed_dim
         self.input_bn = nn.BatchNorm2d(1, affine=False) if cfg.input_batchnorm else None
         self.patch_embed = PatchEmbed(D, cfg.fshape, cfg.tshape, cfg.fstride, cfg.tstride, cfg.token_order)
-        self.prefix_tokens = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, D))
+        if cfg.num_prefix_tokens:
+            self.prefix_tokens = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, D))
+        else:
+            self.register_parameter("prefix_tokens", None)
         n_f, n_t = cfg.grid
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + n_f * n_t, D))
@@ -105,7 +108,8 @@ class ASTEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """timm ViT init: trunc-normal(0.02) tables and Linear weights, zero biases, unit LayerNorm."""
-        nn.init.trunc_normal_(self.prefix_tokens, std=0.02)
+        if self.prefix_tokens is not None:
+            nn.init.trunc_normal_(self.prefix_tokens, std=0.02)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
@@ -165,7 +169,9 @@ class ASTEncoder(nn.Module):
                 pe = pe.masked_fill(padding_mask.unsqueeze(-1), 0.0)
             x = tokens + pe
             prefix = self.prefix_tokens
-        return torch.cat([prefix.expand(B, -1, -1).to(x.dtype), x], dim=1) if P else x
+            if not P:
+                return x
+        return torch.cat([prefix.expand(B, -1, -1).to(x.dtype), x], dim=1)
 
     def forward_blocks(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                        indices: list[int] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
