@@ -10,10 +10,19 @@ concatenated tokens stay on one time grid.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from .checkpoint import CheckpointError, read_checkpoint
-from .encoder import EncoderConfig
+from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig
+from .masking import asit_corrupt
+from .objective import Objective, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
 SIZES = {  # vision_transformer.py vit_small / vit_base; 'mini' is a test-size model of this project
@@ -54,6 +63,188 @@ def build_asit(name: str, size: str, ckpt=None, **overrides) -> Upstream:
         model.encoder.load_state_dict(raw.state, strict=True)
         model.checkpoint_sha256 = raw.sha256
     return model
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+HEADS = {  # CLSHead hidden/bottleneck and RECHead hidden/bottleneck (main_ASiT.py; 'mini' scaled down)
+    "mini": dict(head_hidden=128, head_bottleneck=32, rec_hidden=64, rec_bottleneck=16),
+    "small": dict(head_hidden=2048, head_bottleneck=256, rec_hidden=384, rec_bottleneck=128),
+    "base": dict(head_hidden=2048, head_bottleneck=256, rec_hidden=768, rec_bottleneck=128),
+}
+
+
+@dataclass
+class ASiTPretrainConfig:
+    """Group masked model learning + local/global self-distillation (``main_ASiT.py`` defaults)."""
+
+    size: str = "base"
+    num_frames: int = NUM_FRAMES
+    crop_secs: float = 6.0  # two random 6 s crops per clip
+    out_dim_cls: int = 8192
+    out_dim_data: int = 1024
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0  # official: 30 epochs, linear 0.04 -> 0.07
+    momentum_teacher: float = 0.996  # cosine schedule to 1 over training
+    center_momentum: float = 0.9
+    recon_weight: float = 2.0  # loss = clsloss + dtaloss + 2 * recloss
+    drop_perc: tuple = (0.5, 0.7)  # zero-filled fraction of each view, U(0.5, 0.7)
+    drop_replace: float = 0.3  # area of alien-concept blocks
+    replace_prob: float = 0.5  # chance a view is corrupted with alien concepts instead of zeros
+    drop_path: float = 0.1  # student only
+    use_cls: bool = True  # global (class-token) distillation
+    use_data: bool = True  # local (patch-token) distillation
+    use_recon: bool = True  # reconstruction of corrupted bins
+    alien: bool = True  # alien concepts on (else zeros only)
+    norm_mean: float = -4.2677393
+    norm_std: float = 4.5689974
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ValueError(f"ASiT size must be one of {list(SIZES)}, got {self.size!r}")
+        if not (self.use_cls or self.use_data or self.use_recon):
+            raise ValueError("ASiT needs at least one of use_cls, use_data, use_recon")
+
+
+class CLSHead(nn.Module):
+    """DINO head: shared MLP -> L2 norm -> weight-normalised linear (gain fixed at 1) for the class token
+    (``cls_layer``) and for patch tokens (``data_layer``)."""
+
+    def __init__(self, dim: int, hidden: int, bottleneck: int, out_cls: int, out_data: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.cls_v = nn.Parameter(nn.init.trunc_normal_(torch.empty(out_cls, bottleneck), std=0.02))
+        self.data_v = nn.Parameter(nn.init.trunc_normal_(torch.empty(out_data, bottleneck), std=0.02))
+
+    def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cls (B, D), patches (B, N, D) -> (B, out_cls), (B, N, out_data)."""
+        c = F.normalize(self.mlp(cls), dim=-1)
+        p = F.normalize(self.mlp(patches), dim=-1)
+        # weight_norm with g = 1 is a row-normalised weight
+        return F.linear(c, F.normalize(self.cls_v, dim=1)), F.linear(p, F.normalize(self.data_v, dim=1))
+
+
+class RECHead(nn.Module):
+    """Patch tokens -> MLP -> transposed conv back to the spectrogram (one 16x16 patch per token)."""
+
+    def __init__(self, dim: int, hidden: int, bottleneck: int, patch: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.conv_trans = nn.ConvTranspose2d(bottleneck, 1, kernel_size=patch, stride=patch)
+
+    def forward(self, patches: torch.Tensor, n_t: int, n_f: int) -> torch.Tensor:
+        """(B, N, D) time-major tokens -> (B, n_t*16, n_f*16) spectrogram."""
+        B = patches.shape[0]
+        x = self.mlp(patches).reshape(B, n_t, n_f, -1).permute(0, 3, 1, 2)  # (B, C, n_t, n_f)
+        return self.conv_trans(x).squeeze(1)
+
+
+class ASiTObjective(Objective):
+    """Student sees GMML-corrupted views, the EMA teacher the clean ones. Losses: DINO cross-view CE on
+    class tokens, CE on patch tokens at the same positions of the same view, L1 reconstruction of the
+    corrupted bins."""
+
+    family = "asit"
+    num_views = 2
+
+    def __init__(self, cfg: ASiTPretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        enc_cfg = EncoderConfig.from_dict({**encoder_config(cfg.size, cfg.num_frames).to_dict(), "drop_path": cfg.drop_path})
+        self.encoder = ASTEncoder(enc_cfg)  # student
+        D, h = enc_cfg.embed_dim, HEADS[cfg.size]
+        self.head = CLSHead(D, h["head_hidden"], h["head_bottleneck"], cfg.out_dim_cls, cfg.out_dim_data)
+        self.rec_head = RECHead(D, h["rec_hidden"], h["rec_bottleneck"])
+        self.teacher = ASTEncoder(EncoderConfig.from_dict({**enc_cfg.to_dict(), "drop_path": 0.0}))
+        self.teacher_head = CLSHead(D, h["head_hidden"], h["head_bottleneck"], cfg.out_dim_cls, cfg.out_dim_data)
+        self.teacher.load_state_dict(self.encoder.state_dict())
+        self.teacher_head.load_state_dict(self.head.state_dict())
+        for p in list(self.teacher.parameters()) + list(self.teacher_head.parameters()):
+            p.requires_grad_(False)
+        self.register_buffer("center_cls", torch.zeros(1, cfg.out_dim_cls))
+        self.register_buffer("center_data", torch.zeros(1, 1, cfg.out_dim_data))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.frontend = FbankConfig.asit(cfg.num_frames)
+        self.frontend.norm_mean, self.frontend.norm_std = cfg.norm_mean, cfg.norm_std
+        self.crop_secs = cfg.crop_secs
+
+    def upstream_config(self) -> UpstreamConfig:
+        return UpstreamConfig("asit", self.teacher.cfg, self.frontend, window_frames=self.cfg.num_frames,
+                              window_mode="exact")
+
+    def to_upstream(self) -> Upstream:
+        up = Upstream(self.upstream_config())
+        up.encoder.load_state_dict(self.teacher.state_dict())  # DINO-style: the teacher is evaluated
+        return up
+
+    def teacher_temp(self) -> float:
+        c, s = self.cfg, int(self.step)
+        if s < c.warmup_teacher_temp_steps:
+            return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * s / c.warmup_teacher_temp_steps
+        return c.teacher_temp
+
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
+        """fbank (B, 2, T, F): two normalised views per clip -> (loss, logs)."""
+        c = self.cfg
+        B, V, T, Fb = fbank.shape
+        clean = fbank.reshape(B * V, T, Fb)
+        corrupted, mask = asit_corrupt(clean, drop_perc=tuple(c.drop_perc), drop_replace=c.drop_replace,
+                                       replace_prob=c.replace_prob if c.alien else 0.0, generator=generator)
+        n_f, n_t = self.encoder.grid_for(T)
+        with torch.no_grad():
+            t = self.teacher.forward_features(clean)  # (BV, 1+N, D)
+            t_cls, t_data = self.teacher_head(t[:, 0], t[:, 1:])
+        s = self.encoder.forward_features(corrupted)
+        s_cls, s_data = self.head(s[:, 0], s[:, 1:])
+        tt, st = self.teacher_temp(), c.student_temp
+        loss, logs = s.new_zeros(()), {}
+        if c.use_cls:  # global: teacher view a against student view b != a
+            tp = F.softmax((t_cls.float() - self.center_cls) / tt, -1).view(B, V, -1)
+            sl = F.log_softmax(s_cls.float() / st, -1).view(B, V, -1)
+            pairs = [(a, b) for a in range(V) for b in range(V) if a != b]
+            cls_loss = sum(-(tp[:, a] * sl[:, b]).sum(-1).mean() for a, b in pairs) / len(pairs)
+            loss, logs["cls"] = loss + cls_loss, cls_loss.detach()
+        if c.use_data:  # local: same view, same positions
+            tp = F.softmax((t_data.float() - self.center_data) / tt, -1)
+            data_loss = -(tp * F.log_softmax(s_data.float() / st, -1)).sum(-1).mean()
+            loss, logs["data"] = loss + data_loss, data_loss.detach()
+        if c.use_recon:  # L1 on the corrupted bins only
+            rec = self.rec_head(s[:, 1:], n_t, n_f)
+            m = mask[:, : n_t * 16, : n_f * 16].to(rec.dtype)
+            rec_loss = ((rec.float() - clean[:, : n_t * 16, : n_f * 16].float()).abs() * m).sum() / m.sum().clamp(min=1)
+            loss, logs["recon"] = loss + c.recon_weight * rec_loss, rec_loss.detach()
+        if self.training:
+            self._update_centers(t_cls.float(), t_data.float())
+        logs["teacher_temp"] = torch.tensor(tt)
+        return loss, logs
+
+    @torch.no_grad()
+    def _update_centers(self, t_cls: torch.Tensor, t_data: torch.Tensor) -> None:
+        cls_mean, data_mean = t_cls.mean(0, keepdim=True), t_data.mean((0, 1), keepdim=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for x in (cls_mean, data_mean):
+                torch.distributed.all_reduce(x)
+                x /= torch.distributed.get_world_size()
+        m = self.cfg.center_momentum
+        self.center_cls.mul_(m).add_(cls_mean, alpha=1 - m)
+        self.center_data.mul_(m).add_(data_mean, alpha=1 - m)
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA teacher with the cosine momentum schedule m0 -> 1 (DINO ``cosine_scheduler``)."""
+        m0 = self.cfg.momentum_teacher
+        m = 1 - (1 - m0) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
+        for dst, src in ((self.teacher, self.encoder), (self.teacher_head, self.head)):
+            for pt, ps in zip(dst.parameters(), src.parameters()):
+                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+        self.step += 1
+
+
+def build_objective(cfg: dict) -> ASiTObjective:
+    return ASiTObjective(parse_objective_config(ASiTPretrainConfig, cfg, "asit"))
 
 
 def _register(name: str, size: str, desc: str, random_default: bool) -> None:

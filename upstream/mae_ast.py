@@ -11,10 +11,19 @@ output, tokens of one time step concatenated, layerdrop off.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
 from .checkpoint import CheckpointError, read_checkpoint
-from .encoder import EncoderConfig
+from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig
+from .tokenizer import patchify
+from .layers import Block, sinusoid_pos_embed
+from .masking import chunk_mask, gather_tokens, mae_ast_num_masked, mae_random_mask, visible_indices
+from .objective import Objective, info_nce, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
 SIZES = {
@@ -68,6 +77,106 @@ def build_mae_ast(name: str, token: str, size: str, default_file: str | None, ck
         model.encoder.load_state_dict(raw.state, strict=True)
         model.checkpoint_sha256 = raw.sha256
     return model
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+@dataclass
+class MAEASTPretrainConfig:
+    """MAE-AST pretraining (``config/pretrain/mae_ast.yaml``, ``mae_ast_criterion.py``)."""
+
+    token: str = "patch"
+    size: str = "base"
+    mask_ratio: float = 0.75
+    mask_type: str = "chunk"  # 'chunk' (patch model, one mask per batch) or 'random' (frame model, per clip)
+    chunk_shared: bool = True  # the official chunk mask is shared by the whole batch
+    recon_weight: float = 10.0
+    class_weight: float = 1.0
+    decoder_depth: int = 2
+    objective: str = "joint"  # 'joint' (recon + InfoNCE) or 'generative' (recon only)
+    crop_secs: float = 10.0  # random crop per clip (the official max_sample_size is 250k samples)
+
+    def __post_init__(self):
+        if self.mask_type not in ("chunk", "random"):
+            raise ValueError(f"MAE-AST mask_type must be 'chunk' or 'random', got {self.mask_type!r}")
+        if self.objective not in ("joint", "generative"):
+            raise ValueError(f"MAE-AST objective must be 'joint' or 'generative', got {self.objective!r}")
+
+
+class Decoder(nn.Module):
+    """Shallow post-norm transformer over encoder outputs + mask tokens (fairseq layer_norm_first=False)."""
+
+    def __init__(self, cfg: EncoderConfig, depth: int):
+        super().__init__()
+        D = cfg.embed_dim
+        self.input_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, True, False, cfg.norm_eps, cfg.dropout,
+                                          cfg.attn_dropout, cfg.activation_dropout) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+class MAEASTObjective(Objective):
+    """The encoder sees only the visible tokens; the decoder sees encoder outputs at visible positions and a
+    shared learned mask token elsewhere (both with fixed sinusoidal positions); one linear head reconstructs
+    the masked patches (MSE), another classifies them among the clip's masked patches (InfoNCE)."""
+
+    family = "mae_ast"
+
+    def __init__(self, cfg: MAEASTPretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ASTEncoder(encoder_config(cfg.token, cfg.size))
+        e, D = self.encoder.cfg, self.encoder.cfg.embed_dim
+        self.decoder = Decoder(e, cfg.decoder_depth)
+        self.decoder_mask_emb = nn.Parameter(torch.empty(D).uniform_())  # as fairseq's mask embeddings
+        patch_dim = e.fshape * e.tshape
+        self.final_proj_reconstruction = nn.Linear(D, patch_dim)
+        self.final_proj_classification = nn.Linear(D, patch_dim) if cfg.objective == "joint" else None
+        self.frontend = FbankConfig.mae_ast()
+        self.crop_secs = cfg.crop_secs
+
+    def upstream_config(self) -> UpstreamConfig:
+        return UpstreamConfig("mae_ast", self.encoder.cfg, FbankConfig.mae_ast(), window_frames=None)
+
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
+        """fbank (B, T, F) unnormalised log-mel (the model's BatchNorm normalises it) -> (loss, logs)."""
+        c, e, enc = self.cfg, self.encoder.cfg, self.encoder
+        x = enc.normalize_input(fbank)  # BatchNorm * 0.5, batch statistics while training
+        n_f, n_t = enc.grid_for(fbank.shape[1])
+        N = n_f * n_t
+        target = patchify(x, e.fshape, e.tshape, "time_major")  # (B, N, p), the normalised patches
+        tokens = enc.input_drop(enc.patch_embed(x))  # (B, N, D); dropout_input as the official pretraining
+        B, _, D = tokens.shape
+        num_masked = mae_ast_num_masked(N, c.mask_ratio)
+        if c.mask_type == "chunk":
+            mask = chunk_mask(B, (n_f, n_t), c.mask_ratio, order="time_major", shared_across_batch=c.chunk_shared,
+                              generator=generator, device=fbank.device)
+        else:
+            mask = mae_random_mask(B, N, c.mask_ratio, generator=generator, device=fbank.device)  # (B, N)
+        ids_keep, ids_restore = visible_indices(mask)
+        visible = gather_tokens(enc.add_position(tokens), ids_keep)  # (B, N_vis, D): positions added first
+        _, latent = enc.forward_blocks(visible, indices=[])  # post-norm: the last layer's output
+        # decoder input: encoder outputs back in place, the shared mask token elsewhere, fresh positions
+        full = torch.cat([latent, self.decoder_mask_emb.to(latent.dtype).expand(B, num_masked, D)], dim=1)
+        full = gather_tokens(full, ids_restore) + sinusoid_pos_embed(N, D, full.device, full.dtype)
+        out = self.decoder(full)  # (B, N, D)
+        ids_masked = mask.nonzero()[:, 1].view(B, num_masked)
+        out_m, tgt_m = gather_tokens(out, ids_masked), gather_tokens(target, ids_masked)  # (B, M, *)
+        recon = torch.mean((self.final_proj_reconstruction(out_m).float() - tgt_m.float()) ** 2)
+        loss, logs = c.recon_weight * recon, {"recon": recon.detach()}
+        if self.final_proj_classification is not None:
+            nce, acc = info_nce(self.final_proj_classification(out_m), tgt_m)
+            loss = loss + c.class_weight * nce
+            logs.update(nce=nce.detach(), masked_acc=acc)
+        return loss, logs
+
+
+def build_objective(cfg: dict) -> MAEASTObjective:
+    return MAEASTObjective(parse_objective_config(MAEASTPretrainConfig, cfg, "mae_ast"))
 
 
 def _register(name: str, token: str, size: str, default_file: str | None, desc: str) -> None:

@@ -9,11 +9,20 @@ centre-cut / bilinear rule, and every block's output (before the final norm) as 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
 from .checkpoint import CheckpointError, RawCheckpoint, read_checkpoint
 from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig
+from .masking import gather_tokens
+from .tokenizer import patchify
 from .layers import ssast_adapt_pos_embed
+from .masking import ssast_mask
+from .objective import Objective, info_nce, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
 # ------------------------------------------------------------------------------------------ sizes
@@ -87,6 +96,90 @@ def load_ssast_weights(encoder: ASTEncoder, raw: RawCheckpoint) -> None:
     if (p_f, p_t) != (f_dim, t_dim) or (pre.fstride, pre.tstride) != (encoder.cfg.fstride, encoder.cfg.tstride):
         state["pos_embed"] = ssast_adapt_pos_embed(state["pos_embed"], P, p_f, p_t, f_dim, t_dim)
     encoder.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+@dataclass
+class SSASTPretrainConfig:
+    """Masked spectrogram patch modeling (``src/pretrain/run_mask_{patch,frame}.sh``)."""
+
+    token: str = "patch"  # 'patch' (16x16) or 'frame' (128x2); no overlap in pretraining
+    size: str = "base"
+    mask_patch: int = 400  # masked patches of the 512 (ablations: 100, 250)
+    cluster: bool | None = None  # None = the official rule: cluster masking for patches, random for frames
+    objective: str = "joint"  # 'joint' | 'discriminative' (mpc) | 'generative' (mpg)
+    gen_weight: float = 10.0  # joint loss = nce + gen_weight * mse
+    two_pass: bool = True  # official joint step: two forward passes with independently drawn masks
+    input_tdim: int = 1024  # frames per pretraining clip (10.24 s)
+    norm_mean: float = -4.2677393  # AudioSet + LibriSpeech stats of the released models
+    norm_std: float = 4.5689974
+
+    def __post_init__(self):
+        if self.token not in TOKENS or self.size not in SIZES:
+            raise ValueError(f"SSAST token must be in {list(TOKENS)} and size in {list(SIZES)}")
+        if self.objective not in ("joint", "discriminative", "generative"):
+            raise ValueError(f"SSAST objective must be joint/discriminative/generative, got {self.objective!r}")
+
+
+class SSASTObjective(Objective):
+    """SSAST pretraining: masked patches replaced by ``mask_embed``; a discriminative head picks each masked
+    patch out of the clip's other masked patches (InfoNCE), a generative head regresses it (MSE)."""
+
+    family = "ssast"
+
+    def __init__(self, cfg: SSASTPretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ASTEncoder(pretrain_encoder_config(cfg.token, cfg.size, cfg.input_tdim))
+        D, e = self.encoder.cfg.embed_dim, self.encoder.cfg
+        n_f, n_t = e.grid
+        if not 0 < cfg.mask_patch <= n_f * n_t:
+            raise ValueError(f"mask_patch={cfg.mask_patch} must be in 1..{n_f * n_t} for a {n_f}x{n_t} grid")
+        patch_dim = e.fshape * e.tshape
+        self.mask_embed = nn.Parameter(nn.init.xavier_normal_(torch.zeros(1, 1, D)))
+        self.cpredlayer = nn.Sequential(nn.Linear(D, D), nn.ReLU(), nn.Linear(D, patch_dim))  # discriminative
+        self.gpredlayer = nn.Sequential(nn.Linear(D, D), nn.ReLU(), nn.Linear(D, patch_dim))  # generative
+        self.frontend = FbankConfig.ssast(cfg.input_tdim, cfg.norm_mean, cfg.norm_std)
+        self.crop_secs = (cfg.input_tdim + 1.5) / 100  # enough samples for input_tdim frames
+
+    def upstream_config(self) -> UpstreamConfig:
+        e = self.encoder.cfg
+        return UpstreamConfig("ssast", e, FbankConfig.ssast_s3prl(e.input_tdim), window_frames=e.input_tdim)
+
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
+        """fbank (B, T, F) normalised and padded to ``input_tdim`` -> (loss, logs)."""
+        c = self.cfg
+        target = patchify(fbank, self.encoder.cfg.fshape, self.encoder.cfg.tshape, "freq_major")  # (B, N, p)
+        tokens = self.encoder.tokenize(fbank)  # (B, N, D)
+        logs = {}
+        loss = tokens.new_zeros(())
+        if c.objective in ("joint", "discriminative"):
+            hidden, tgt = self._masked_pass(tokens, target, generator)
+            nce, acc = info_nce(self.cpredlayer(hidden), tgt)
+            loss = loss + nce
+            logs.update(nce=nce.detach(), masked_acc=acc)
+        if c.objective in ("joint", "generative"):
+            if c.objective != "joint" or c.two_pass:  # the official joint step draws a second, independent mask
+                hidden, tgt = self._masked_pass(tokens, target, generator)
+            mse = torch.mean((self.gpredlayer(hidden).float() - tgt.float()) ** 2)
+            loss = loss + (c.gen_weight if c.objective == "joint" else 1.0) * mse
+            logs.update(mse=mse.detach())
+        return loss, logs
+
+    def _masked_pass(self, tokens, target, generator):
+        """One encoder pass with a fresh mask -> (hidden states (B, M, D), target patches (B, M, p)) at the
+        masked positions."""
+        B, N, D = tokens.shape
+        mask = ssast_mask(B, self.encoder.cfg.grid, self.cfg.mask_patch, cluster=self.cfg.cluster,
+                          generator=generator, device=tokens.device)  # (B, N) True = masked
+        x = torch.where(mask[..., None], self.mask_embed.to(tokens.dtype), tokens)
+        _, x = self.encoder.forward_blocks(self.encoder.add_position(x), indices=[])  # (B, P+N, D), normed
+        ids = mask.nonzero()[:, 1].view(B, self.cfg.mask_patch)  # (B, M) masked token ids
+        return gather_tokens(x[:, self.encoder.num_prefix_tokens:], ids), gather_tokens(target, ids)
+
+
+def build_objective(cfg: dict) -> SSASTObjective:
+    return SSASTObjective(parse_objective_config(SSASTPretrainConfig, cfg, "ssast"))
 
 
 # ------------------------------------------------------------------------------------------ registry
