@@ -6,16 +6,17 @@ mel-computations.cc, feature-fbank.cc). :func:`kaldi_fbank` is a drop-in replace
 the same argument names, defaults and semantics, so that the project needs no torchaudio.
 :func:`kaldi_fbank_batch` computes the same features for a padded batch on the input's device with
 no Python loop over clips, and :class:`Fbank` wraps it in the exact pre- and post-processing each
-checkpoint expects (``shared/spec/checkpoints.md`` section 1):
+checkpoint's own data pipeline applies (YuanGongND/ssast src/dataloader.py, s3prl upstream/ssast/audio.py,
+AlanBaade/MAE-AST-Public mae_ast/data/mae_ast_dataset.py, Sara-Ahmed/ASiT data_transformations.py):
 
-==========  ======  ==============================  ===============  ==========================
-preset      rate    kaldi window                    mean removal     pad / normalise
-==========  ======  ==============================  ===============  ==========================
-ssast       16 kHz  hanning, htk_compat             yes              pad, then (x-m)/(2s)
-ssast_s3prl 16 kHz  hanning, htk_compat             no               (x-m)/(2s), then zero-pad
-mae_ast     16 kHz  povey (kaldi defaults)          no               none (model has BatchNorm)
-asit        32 kHz  hanning, htk_compat             yes              pad/cut to 592, then norm
-==========  ======  ==============================  ===============  ==========================
+============  ======  ======================  ============  ==================================
+preset        rate    kaldi window            mean removal  pad / normalise
+============  ======  ======================  ============  ==================================
+ssast         16 kHz  hanning, htk_compat     yes           pad/cut, then (x - m) / (2 s)
+ssast_s3prl   16 kHz  hanning, htk_compat     no            (x - m) / (2 s), then zero-pad/cut
+mae_ast       16 kHz  povey (kaldi defaults)  no            none (the model has a BatchNorm)
+asit          32 kHz  hanning, htk_compat     yes           pad/cut to 592, then normalise
+============  ======  ======================  ============  ==================================
 
 All models expect float waveforms in [-1, 1): int16-valued samples add 2*ln(32768) ~ 20.79 to every
 log-mel value.
@@ -49,7 +50,7 @@ class AudioError(ValueError):
 
 # ----------------------------------------------------------------------------- frame geometry
 def _window_sizes(sample_frequency: float, frame_length_ms: float, frame_shift_ms: float) -> tuple[int, int]:
-    # Same float expression and truncation as kaldi/torchaudio, so e.g. 25 ms at 32 kHz is 800, not 799.
+    # Same float expression and truncation as kaldi/torchaudio, so inexact products round the same way.
     win = int(sample_frequency * frame_length_ms * 0.001)
     shift = int(sample_frequency * frame_shift_ms * 0.001)
     if win < 2 or shift < 1:
@@ -107,7 +108,8 @@ def _feature_window(window_type: str, size: int, blackman_coeff: float, device: 
 
 
 def _mel(freq: Tensor | float) -> Tensor | float:
-    return 1127.0 * (torch.log(1.0 + freq / 700.0) if isinstance(freq, Tensor) else math.log(1.0 + freq / 700.0))
+    log = torch.log if isinstance(freq, Tensor) else math.log
+    return 1127.0 * log(1.0 + freq / 700.0)
 
 
 def _inverse_mel(mel: Tensor) -> Tensor:
@@ -119,7 +121,8 @@ def _vtln_warp_freq(freq: Tensor, low_freq: float, high_freq: float, vtln_low: f
     """Kaldi ``VtlnWarpFreq``: piecewise-linear warp, scaled by 1/warp between the cutoffs ``l, h``."""
     l, h = vtln_low * max(1.0, warp), vtln_high * min(1.0, warp)
     if not (l > low_freq and h < high_freq):
-        raise ValueError(f"vtln_warp={warp} moves the VTLN cutoffs ({l}, {h}) outside ({low_freq}, {high_freq})")
+        raise ValueError(f"vtln_warp={warp} moves the VTLN cutoffs ({l}, {h}) outside "
+                         f"({low_freq}, {high_freq})")
     scale = 1.0 / warp
     scale_left = (scale * l - low_freq) / (l - low_freq)
     scale_right = (high_freq - scale * h) / (high_freq - h)
@@ -154,7 +157,8 @@ def _mel_bank(num_bins: int, padded_window: int, sample_freq: float, low_freq: f
         delta = (mel_high - mel_low) / (num_bins + 1)
         edges = mel_low + torch.arange(num_bins + 2, dtype=torch.float32) * delta  # (M+2,) shared corners
         if vtln_warp != 1.0:
-            edges = _mel(_vtln_warp_freq(_inverse_mel(edges), low_freq, high_freq, vtln_low, vtln_high, vtln_warp))
+            freqs = _vtln_warp_freq(_inverse_mel(edges), low_freq, high_freq, vtln_low, vtln_high, vtln_warp)
+            edges = _mel(freqs)
         left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M, 1) each
         fft_mel = _mel(sample_freq / padded_window * torch.arange(padded_window // 2, dtype=torch.float32))
         up = (fft_mel - left) / (center - left)  # (M, K)
@@ -194,7 +198,8 @@ def kaldi_fbank_batch(
         beyond each clip's own count; num_frames ``(B,)`` long, what kaldi gives for ``lengths[i]``.
     """
     if waveforms.dim() != 2 or not waveforms.is_floating_point():
-        raise ValueError(f"waveforms must be a float (B, N) tensor, got {tuple(waveforms.shape)} {waveforms.dtype}")
+        raise ValueError(f"waveforms must be a float (B, N) tensor, got {tuple(waveforms.shape)} "
+                         f"{waveforms.dtype}")
     if window_type not in WINDOW_TYPES:
         raise ValueError(f"window_type {window_type!r} is not one of {WINDOW_TYPES}")
     if not 0.0 <= preemphasis_coefficient <= 1.0:
@@ -205,7 +210,7 @@ def kaldi_fbank_batch(
         lengths = torch.full((batch,), num_samples, dtype=torch.long, device=device)
     lengths = lengths.to(device=device, dtype=torch.long)
     if lengths.shape != (batch,) or bool(((lengths < 0) | (lengths > num_samples)).any()):
-        raise ValueError(f"lengths must be (B,) = ({batch},) values in [0, {num_samples}], got {lengths.tolist()}")
+        raise ValueError(f"lengths must be ({batch},) values in [0, {num_samples}], got {lengths.tolist()}")
 
     win, shift = _window_sizes(sample_frequency, frame_length, frame_shift)
     padded_win = 1 << (win - 1).bit_length() if round_to_power_of_two else win
@@ -231,38 +236,40 @@ def kaldi_fbank_batch(
         frames = waveforms.gather(1, src).unfold(1, win, shift)  # (B, T, win)
     valid = torch.arange(max_frames, device=device) < frame_counts[:, None]  # (B, T)
 
-    # --- per-frame processing, kaldi ProcessWindow order
+    # --- per-frame processing, kaldi ProcessWindow order. The frames are copied once into a
+    # (B, T, padded_win) FFT buffer and edited in place there: at these sizes memory traffic dominates.
+    buffer = waveforms.new_empty(batch, max_frames, padded_win)
+    buffer[..., win:] = 0.0  # zero-padding up to the FFT size
+    x = buffer[..., :win].copy_(frames)  # (B, T, win) view of the buffer
     if dither != 0.0:
-        frames = frames + dither * torch.randn(frames.shape, generator=generator, device=device, dtype=dtype)
+        x.add_(dither * torch.randn(x.shape, generator=generator, device=device, dtype=dtype))
     if remove_dc_offset:
-        frames = frames - frames.mean(-1, keepdim=True)
+        x.sub_(x.mean(-1, keepdim=True))
     if use_energy and raw_energy:  # energy of the frame before pre-emphasis and windowing
-        log_energy = _log_energy(frames, energy_floor)
-    if preemphasis_coefficient != 0.0:  # x[j] - c*x[j-1], with x[-1] taken as x[0]
-        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-        frames = frames - preemphasis_coefficient * previous
-    frames = frames * _feature_window(window_type, win, blackman_coeff, device, dtype)
-    if padded_win != win:
-        frames = F.pad(frames, (0, padded_win - win))  # (B, T, padded_win)
+        log_energy = _log_energy(x, energy_floor)
+    if preemphasis_coefficient != 0.0:  # x[j] -= c*x[j-1] for j > 0 (rhs is evaluated first), x[0] -= c*x[0]
+        x[..., 1:].sub_(preemphasis_coefficient * x[..., :-1])
+        x[..., 0].sub_(preemphasis_coefficient * x[..., 0])
+    x.mul_(_feature_window(window_type, win, blackman_coeff, device, dtype))
     if use_energy and not raw_energy:
-        log_energy = _log_energy(frames, energy_floor)
+        log_energy = _log_energy(x, energy_floor)
 
     # --- mel filterbank
-    spectrum = torch.fft.rfft(frames).abs()  # (B, T, padded_win // 2 + 1)
+    spectrum = torch.fft.rfft(buffer).abs()  # (B, T, padded_win // 2 + 1)
     if use_power:
-        spectrum = spectrum.pow(2)
+        spectrum.pow_(2)
     bank = _mel_bank(num_mel_bins, padded_win, float(sample_frequency), float(low_freq), float(high_freq),
                      float(vtln_low), float(vtln_high), float(vtln_warp), device, dtype)
     feats = spectrum @ bank  # (B, T, M)
     if use_log_fbank:
-        feats = feats.clamp_min(EPSILON).log()
+        feats.clamp_min_(EPSILON).log_()
     if use_energy:  # htk_compat puts energy last, kaldi's own layout puts it first
         parts = [feats, log_energy[..., None]] if htk_compat else [log_energy[..., None], feats]
         feats = torch.cat(parts, dim=-1)
     if subtract_mean:  # per clip, over its own frames only
         mask = valid[..., None].to(dtype)
         feats = feats - (feats * mask).sum(1, keepdim=True) / frame_counts.clamp_min(1)[:, None, None]
-    return feats.masked_fill(~valid[..., None], 0.0), frame_counts
+    return feats.masked_fill_(~valid[..., None], 0.0), frame_counts
 
 
 def kaldi_fbank(
@@ -303,21 +310,15 @@ def kaldi_fbank(
         ``(frames, num_mel_bins [+1 if use_energy])`` in the waveform's dtype and device; 0 frames when the
         waveform is shorter than one window with ``snip_edges`` (torchaudio raises there instead).
     """
+    # Every argument except these three passes through unchanged (locals() holds just the arguments here).
+    options = {k: v for k, v in locals().items() if k not in ("waveform", "channel", "min_duration")}
     if waveform.dim() == 2:
         waveform = waveform[max(channel, 0)]
     if waveform.dim() != 1:
         raise ValueError(f"waveform must be (channels, N) or (N,), got shape {tuple(waveform.shape)}")
-    options = dict(blackman_coeff=blackman_coeff, dither=dither, energy_floor=energy_floor,
-                   frame_length=frame_length, frame_shift=frame_shift, high_freq=high_freq,
-                   htk_compat=htk_compat, low_freq=low_freq, num_mel_bins=num_mel_bins,
-                   preemphasis_coefficient=preemphasis_coefficient, raw_energy=raw_energy,
-                   remove_dc_offset=remove_dc_offset, round_to_power_of_two=round_to_power_of_two,
-                   sample_frequency=sample_frequency, snip_edges=snip_edges, subtract_mean=subtract_mean,
-                   use_energy=use_energy, use_log_fbank=use_log_fbank, use_power=use_power,
-                   vtln_high=vtln_high, vtln_low=vtln_low, vtln_warp=vtln_warp, window_type=window_type)
     if waveform.numel() < min_duration * sample_frequency:
         return waveform.new_zeros(0, num_mel_bins + int(use_energy))
-    feats, _ = kaldi_fbank_batch(waveform[None], None, generator=generator, **options)
+    feats, _ = kaldi_fbank_batch(waveform[None], None, **options)
     return feats[0]
 
 
@@ -419,7 +420,8 @@ class FbankConfig:
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
         if (self.norm_mean is None) != (self.norm_std is None):
-            raise ValueError(f"set both norm_mean and norm_std or neither, got {self.norm_mean}, {self.norm_std}")
+            raise ValueError(f"set both norm_mean and norm_std or neither, got norm_mean={self.norm_mean}, "
+                             f"norm_std={self.norm_std}")
         if self.norm_std is not None and self.norm_std <= 0:
             raise ValueError(f"norm_std must be positive, got {self.norm_std}")
         if self.target_length is not None and self.target_length <= 0:
@@ -429,9 +431,9 @@ class FbankConfig:
     def ssast(cls, target_length: int = 1024, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD,
               remove_mean_first: bool = True, pad_then_normalise: bool = True) -> FbankConfig:
         """SSAST ``src/dataloader.py``; fine-tuning recipes pass their own stats and target_length."""
-        return cls(sample_rate=16000, window_type="hanning", htk_compat=True, remove_mean_first=remove_mean_first,
-                   norm_mean=mean, norm_std=std, target_length=target_length,
-                   pad_then_normalise=pad_then_normalise)
+        return cls(sample_rate=16000, window_type="hanning", htk_compat=True,
+                   remove_mean_first=remove_mean_first, norm_mean=mean, norm_std=std,
+                   target_length=target_length, pad_then_normalise=pad_then_normalise)
 
     @classmethod
     def ssast_s3prl(cls, target_length: int) -> FbankConfig:
@@ -476,9 +478,15 @@ class Fbank(nn.Module):
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Args: waveforms ``(B, N)`` float in [-1, 1); lengths ``(B,)`` (None = all N); generator for dither.
+        """Compute model inputs for a zero-padded batch.
 
-        Returns: feats ``(B, T, M)``; num_frames ``(B,)`` long, frames holding audio (<= T).
+        Args:
+            waveforms: ``(B, N)`` float in [-1, 1), clip ``i`` in ``waveforms[i, :lengths[i]]``.
+            lengths: ``(B,)`` valid sample counts; None means all ``N``.
+            generator: RNG for ``dither`` (unused at the presets' dither 0).
+
+        Returns:
+            feats ``(B, T, num_mel_bins)`` and num_frames ``(B,)`` long: rows holding audio (<= T).
         """
         cfg = self.config
         if waveforms.dim() != 2:
