@@ -20,7 +20,7 @@ from torch import nn
 from .checkpoint import CheckpointError, read_checkpoint
 from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
-from .interface import Upstream, UpstreamConfig
+from .interface import Upstream, UpstreamConfig, upstream_with_weights
 from .masking import asit_corrupt
 from .objective import Objective, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
@@ -58,11 +58,7 @@ def build_asit(name: str, size: str, ckpt=None, **overrides) -> Upstream:
         frontend = raw.extra["upstream_config"].frontend
     cfg = UpstreamConfig("asit", enc, frontend, window_frames=enc.input_tdim, window_mode="exact",
                          pooling=overrides.get("pooling", "mean"))
-    model = Upstream(cfg, name)
-    if raw is not None:
-        model.encoder.load_state_dict(raw.state, strict=True)
-        model.checkpoint_sha256 = raw.sha256
-    return model
+    return upstream_with_weights(cfg, name, raw)
 
 
 # ------------------------------------------------------------------------------------------ pretraining

@@ -210,3 +210,13 @@ class Upstream(nn.Module):
         from .checkpoint import save_upstream
 
         save_upstream(self, path, extra)
+
+
+def upstream_with_weights(cfg: UpstreamConfig, name: str, raw=None) -> Upstream:
+    """Build an :class:`Upstream` and, given a :class:`~upstream.checkpoint.RawCheckpoint`, load its encoder
+    weights strictly and record the file's sha256."""
+    model = Upstream(cfg, name)
+    if raw is not None:
+        model.encoder.load_state_dict(raw.state, strict=True)
+        model.checkpoint_sha256 = raw.sha256
+    return model

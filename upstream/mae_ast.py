@@ -19,7 +19,7 @@ from torch import nn
 from .checkpoint import CheckpointError, read_checkpoint
 from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
-from .interface import Upstream, UpstreamConfig
+from .interface import Upstream, UpstreamConfig, upstream_with_weights
 from .tokenizer import patchify
 from .layers import Block, sinusoid_pos_embed
 from .masking import chunk_mask, gather_tokens, mae_ast_num_masked, mae_random_mask, visible_indices
@@ -72,11 +72,7 @@ def build_mae_ast(name: str, token: str, size: str, default_file: str | None, ck
     cfg = UpstreamConfig("mae_ast", enc, frontend, window_frames=None,
                          partial_patch_valid=overrides.get("partial_patch_valid", True),
                          pooling=overrides.get("pooling", "mean"))
-    model = Upstream(cfg, name)
-    if raw is not None:
-        model.encoder.load_state_dict(raw.state, strict=True)
-        model.checkpoint_sha256 = raw.sha256
-    return model
+    return upstream_with_weights(cfg, name, raw)
 
 
 # ------------------------------------------------------------------------------------------ pretraining
