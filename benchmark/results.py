@@ -1,0 +1,132 @@
+"""Results are data: every evaluation appends one :class:`ResultRecord` as a JSON line to
+``results/results.jsonl``; tables are generated from it, never edited by hand.
+
+Appends are atomic across processes: the line is written with a single ``os.write`` on an ``O_APPEND``
+descriptor while holding an exclusive ``fcntl`` lock (where available), then fsynced, so two runs finishing
+together never interleave or tear lines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: O_APPEND single writes are still atomic for small lines on local disks
+    fcntl = None
+
+DEFAULT_PATH = Path("results") / "results.jsonl"
+
+
+@dataclass
+class ResultRecord:
+    upstream: str
+    task: str
+    split: str
+    metric: str
+    value: float
+    ckpt_sha256: str | None = None
+    fold: int | None = None
+    mode: str = "frozen"  # 'frozen' | 'finetune'
+    layer: int | None = None  # -l k, None = weighted sum
+    seed: int = 1337
+    config: dict = field(default_factory=dict)  # resolved run config
+    config_hash: str = ""
+    code_version: str = ""
+    timestamp: str = ""
+    expname: str = ""
+    step: int | None = None  # training step of the evaluated checkpoint
+
+    def __post_init__(self):
+        if self.mode not in ("frozen", "finetune"):
+            raise ValueError(f"mode must be 'frozen' or 'finetune', got {self.mode!r}")
+        if not self.config_hash:
+            self.config_hash = config_hash(self.config)
+        if not self.code_version:
+            self.code_version = code_version()
+        if not self.timestamp:
+            self.timestamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def config_hash(config: dict) -> str:
+    """First 16 hex digits of the sha256 of the canonical JSON of ``config``."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """The git commit of this checkout if it is one, else the installed package version."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                 capture_output=True, text=True, timeout=5)
+            _CODE_VERSION = out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            _CODE_VERSION = ""
+        if not _CODE_VERSION:
+            try:
+                from importlib.metadata import version
+
+                _CODE_VERSION = "astbench-" + version("astbench")
+            except Exception:  # noqa: BLE001  (not installed)
+                _CODE_VERSION = "unknown"
+    return _CODE_VERSION
+
+
+def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH) -> None:
+    """Append ``record`` as one JSON line, atomically with respect to other writers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(dataclasses.asdict(record), default=str, allow_nan=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(line)
+        while view:  # one write in practice; loop only guards against a short write
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def load(path: str | os.PathLike = DEFAULT_PATH, skip_corrupt: bool = False) -> list[ResultRecord]:
+    """All records in ``path`` (empty list if the file does not exist).
+
+    Raises ``ValueError`` naming the file and line number of a corrupt line, unless ``skip_corrupt``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    names = {f.name for f in dataclasses.fields(ResultRecord)}
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data: Any = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+                unknown = set(data) - names
+                if unknown:
+                    raise ValueError(f"unknown field(s) {sorted(unknown)}")
+                records.append(ResultRecord(**data))
+            except (ValueError, TypeError) as err:
+                if skip_corrupt:
+                    continue
+                raise ValueError(f"{path} line {no} is not a valid result record: {err}") from None
+    return records
