@@ -1,0 +1,93 @@
+"""Pretrain an SSAST / MAE-AST / ASiT encoder on unlabeled audio (the loop is ``upstream/pretrain.py``).
+
+    python run_pretrain.py -u ssast_patch -c configs/pretrain/ssast_patch_400.yaml --data DIR_OR_MANIFEST \\
+        -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu]
+    torchrun --nproc_per_node 4 run_pretrain.py ...          # DDP: batch_size stays the global batch
+
+Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``upstream.pt`` (loads with
+``upstream.load("<any upstream of the family>", ckpt=...)``), ``losses.jsonl`` and ``tb/``. SIGTERM / Ctrl-C
+checkpoint at the next step and exit 0; ``--resume`` continues exactly. Exit codes: 0 done or stopped,
+1 non-finite loss (last good checkpoint kept), 2 bad arguments, config or data.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from benchmark.config import ConfigError, load_config
+from upstream.pretrain import DataError, NonFiniteLossError, PretrainConfig, pretrain
+
+RECIPES = Path(__file__).resolve().parent / "configs" / "pretrain"
+SHORTCUTS = {  # -u name: (objective defaults, default recipe)
+    "ssast_patch": ({"family": "ssast", "token": "patch"}, "ssast_patch_400.yaml"),
+    "ssast_frame": ({"family": "ssast", "token": "frame"}, "ssast_frame_400.yaml"),
+    "mae_ast_patch": ({"family": "mae_ast", "token": "patch"}, "mae_ast_patch.yaml"),
+    "mae_ast_frame": ({"family": "mae_ast", "token": "frame"}, "mae_ast_frame.yaml"),
+    "asit": ({"family": "asit"}, "asit_base.yaml"),
+}
+
+
+def resolve_config(args: argparse.Namespace) -> PretrainConfig:
+    out_dir = Path(args.expdir) / args.name
+    if args.upstream and args.upstream not in SHORTCUTS and ":" not in args.upstream:
+        raise ConfigError(f"-u {args.upstream!r} is not one of {sorted(SHORTCUTS)} or package.module:builder")
+    shortcut = ({}, None)
+    if args.upstream:
+        shortcut = SHORTCUTS.get(args.upstream, ({"family": args.upstream}, None))
+    yaml_path = args.config
+    if yaml_path is None and args.resume and (out_dir / "config.yaml").is_file():
+        yaml_path = out_dir / "config.yaml"  # the resumed run's own resolved config
+    elif yaml_path is None and shortcut[1]:
+        yaml_path = RECIPES / shortcut[1]
+    elif yaml_path is None:
+        raise ConfigError("give a recipe with -c configs/pretrain/<recipe>.yaml or a shortcut with -u "
+                          f"({', '.join(SHORTCUTS)})")
+    cfg = load_config(PretrainConfig, yaml_path, args.override, base={"objective": shortcut[0]})
+    for key, want in shortcut[0].items():
+        if cfg.objective.get(key) != want:
+            raise ConfigError(f"-u {args.upstream} sets objective.{key}={want!r} but {yaml_path} or an "
+                              f"override says {cfg.objective.get(key)!r}")
+    cfg.out_dir = str(out_dir)
+    if args.data is not None:
+        cfg.data.path = args.data
+    if args.device is not None:
+        cfg.device = args.device
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-u", "--upstream",
+                   help=f"objective shortcut: {', '.join(SHORTCUTS)}, or package.module:builder")
+    p.add_argument("-c", "--config", help="recipe YAML (default: the shortcut's paper recipe)")
+    p.add_argument("--data", help="folder of audio files (recursive) or manifest (.jsonl/.csv/.json/.tsv)")
+    p.add_argument("-n", "--name", required=True, help="experiment name: output in <expdir>/<name>")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, dotted for nested keys (optim.lr=1e-4, objective.mask_patch=250)")
+    p.add_argument("--resume", action="store_true", help="continue from <expdir>/<name>/last.ckpt")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    p.add_argument("--expdir", default="exp/pretrain", help="parent folder of experiments")
+    args = p.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        result = pretrain(resolve_config(args), resume=args.resume)
+    except (ConfigError, DataError) as err:
+        print(f"run_pretrain.py: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"run_pretrain.py: error: {err}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        how = f"stopped by {result['stopped_by']}" if result["stopped_by"] else "done"
+        print(f"{how} at step {result['step']}: {result['out_dir']} "
+              f"(skipped files: {result['skipped_files']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
