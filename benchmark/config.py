@@ -21,13 +21,14 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "load_config", "merge_config", "config_from_dict", "config_to_dict", "dump_config",
-           "parse_override"]
+__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "load_config",
+           "merge_config", "parse_override"]
 
 _MISSING = object()
 
@@ -83,9 +84,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or origin is types.UnionType:
-        if value is None or (isinstance(value, str) and value in ("None", "none") and type(None) in args):
-            if type(None) in args:
-                return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value in ("None", "none"))):
+            return None
         for arm in args:
             if arm is type(None):
                 continue
@@ -123,11 +123,11 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, (str, Path)):
             return Path(value)
         raise _TypeMismatch
-    if origin in (list, typing.List) or tp is list:
+    if origin is list or tp is list:
         if not isinstance(value, (list, tuple)):
             raise _TypeMismatch
         return [_coerce(v, args[0]) for v in value] if args else list(value)
-    if origin in (tuple, typing.Tuple) or tp is tuple:
+    if origin is tuple or tp is tuple:
         if not isinstance(value, (list, tuple)):
             raise _TypeMismatch
         if not args:
@@ -154,7 +154,7 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def _accepts_str(tp: Any) -> bool:
-    if tp is str or tp is Any or tp is Path:
+    if tp is str or tp is Path:
         return True
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return any(_accepts_str(a) for a in typing.get_args(tp))
@@ -368,11 +368,18 @@ def config_to_dict(cfg: Any, keep_tuples: bool = False) -> Any:
     return cfg
 
 
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, one-line lists (``betas: [0.9, 0.999]``)."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
 def dump_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

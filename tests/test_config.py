@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import yaml
 
-from benchmark.config import ConfigError, config_from_dict, config_to_dict, dump_config, load_config, merge_config
+from benchmark.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    merge_config,
+)
 
 
 @dataclass
@@ -15,7 +22,7 @@ class Inner:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["cosine", "constant"] = "cosine"
-    clip: Optional[float] = None
+    clip: float | None = None
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -30,7 +37,7 @@ class Outer:
     layers: list[int] = field(default_factory=lambda: [1, 2])
     extra: dict = field(default_factory=lambda: {"family": "ssast", "nested": {"a": 1}})
     inner: Inner = field(default_factory=Inner)
-    tag: Optional[str] = None
+    tag: str | None = None
 
 
 def write(tmp_path, text: str, name: str = "c.yaml"):

@@ -17,15 +17,20 @@ Reproducibility contract (what makes resume and multi-GPU runs exact):
   ``[s*B, (s+1)*B)``; position ``p`` is item ``p % N`` of the seeded permutation of epoch ``p // N``, and its
   crop/roll draws come from a generator seeded with ``(seed, p)``. Resuming therefore skips consumed batches
   exactly, and the sampler position stored in the checkpoint is ``(epoch, index) = divmod(s*B, N)``.
-* A step's global batch is cut into ``world_size * grad_accum`` micro-batches of consecutive positions. The
-  mask generator passed to the objective, and torch's global RNG (dropout, layerdrop, drop-path), are
-  re-seeded from ``(seed, step, micro-batch index)`` before each micro-batch. A micro-batch's loss thus
-  does not depend on which rank or accumulation slot computes it: a 2-GPU run with ``grad_accum=1``
-  reproduces a 1-GPU run with ``grad_accum=2`` (same global batch, same micro-batches), batch statistics
-  (MAE-AST's input BatchNorm, batch-shared chunk masks, ASiT's alien pasting) included. Runs with different
-  micro-batch counts see the same data but different masks.
+* A step's global batch is cut into ``world_size * grad_accum`` micro-batches of consecutive positions, each
+  padded and turned into fbank on its own. The mask generator passed to the objective, and torch's global
+  RNG (dropout, layerdrop, drop-path), are re-seeded from ``(seed, step, micro-batch index)`` before each
+  micro-batch. A micro-batch's loss thus does not depend on which rank or accumulation slot computes it: a
+  2-GPU run with ``grad_accum=1`` reproduces a 1-GPU run with ``grad_accum=2`` (same global batch, same
+  micro-batches), batch statistics (MAE-AST's input BatchNorm, batch-shared chunk masks, ASiT's alien
+  pasting) included. Runs with different micro-batch counts see the same data but different masks. State an
+  objective updates inside ``forward`` (e.g. DINO centres) must be updated once per step, in ``after_step``,
+  for this to hold.
 * The reported loss of a step is the mean of its micro-batch losses (all-reduced over ranks); the gradient is
-  that of this mean.
+  that of this mean. One exception to rank-independence: under DDP, BatchNorm running statistics (used only
+  at feature-extraction time) come from rank 0's micro-batches, as DDP broadcasts buffers.
+* ``objective.after_step(i, max_steps)`` gets the 0-based index ``i`` of the update just applied (DINO's
+  ``it``); ``losses.jsonl`` and checkpoints count completed updates (``step = i + 1``).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,22 +60,9 @@ from benchmark.config import ConfigError, config_to_dict, dump_config
 from .checkpoint import save_upstream
 from .frontend import AudioError, Fbank, FbankConfig, load_audio
 
-__all__ = [
-    "AUDIO_EXTENSIONS",
-    "DataConfig",
-    "DataError",
-    "NonFiniteLossError",
-    "Objective",
-    "OptimConfig",
-    "PretrainConfig",
-    "Schedule",
-    "StepBatchSampler",
-    "UnlabeledAudio",
-    "build_objective",
-    "collate_views",
-    "list_audio_files",
-    "pretrain",
-]
+__all__ = ["AUDIO_EXTENSIONS", "DataConfig", "DataError", "NonFiniteLossError", "OptimConfig",
+           "PretrainConfig", "Schedule", "StepBatchSampler", "UnlabeledAudio", "build_objective",
+           "collate_views", "list_audio_files", "pretrain"]
 
 log = logging.getLogger(__name__)
 CKPT_FORMAT = "astbench-pretrain"
@@ -132,7 +124,6 @@ class PretrainConfig:
     batch_size: int = 8  # global clips per optimizer step, over all ranks and accumulation slots
     grad_accum: int = 1  # micro-batches per rank per step (see the module docstring)
     max_steps: int = 1000  # optimizer steps of the whole run; the lr / wd schedules end here
-    stop_at_step: int | None = None  # end this invocation there (checkpointed); resume continues
     log_every: int = 10  # tensorboard / log-line interval (losses.jsonl gets every step)
     ckpt_every: int = 1000
     seed: int = 0
@@ -147,25 +138,8 @@ class PretrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-
-class Objective(Protocol):
-    """What a family's ``build_objective(cfg)`` returns (an ``nn.Module``)."""
-
-    family: str  # 'ssast' | 'mae_ast' | 'asit'
-    num_views: int  # 1, or 2 (ASiT's two crops)
-    frontend: FbankConfig  # the pretraining input pipeline, sample_rate included
-    crop_secs: float | None  # random crop of each view's waveform; None = whole clip
-
-    def __call__(self, fbank: Tensor, num_frames: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
-        """fbank (B, T, F) or (B, V, T, F), num_frames (B,) or (B, V) -> (scalar loss, {name: scalar})."""
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        """Called after each optimizer step with its 0-based index (e.g. the EMA teacher update)."""
-
-    def param_groups(self, weight_decay: float) -> list[dict]: ...
-
-    def to_upstream(self): ...
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 class DataError(ValueError):
@@ -182,7 +156,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build_objective(cfg: Mapping) -> nn.Module:
-    """Build the objective named by ``cfg['family']``; the family's builder checks the other keys."""
+    """Build the objective named by ``cfg['family']``; the family's builder checks the other keys.
+
+    The result follows :class:`upstream.objective.Objective`: ``family``, ``num_views`` (1, or 2 for ASiT),
+    ``frontend`` (:class:`FbankConfig`, sample rate included), ``crop_secs`` (None = whole clips),
+    ``forward(fbank (B, [V,] T, F), num_frames (B, [V]), generator) -> (loss, {name: scalar})``,
+    ``after_step(i, total_steps)``, ``param_groups(weight_decay)`` and ``to_upstream()``.
+    """
     from . import asit, mae_ast, ssast
     from .registry import resolve_builder
 
@@ -197,7 +177,10 @@ def build_objective(cfg: Mapping) -> nn.Module:
     else:
         raise ConfigError(f"objective.family must be one of {sorted(families)} or 'package.module:builder', "
                           f"got {family!r}")
-    return builder(dict(cfg))
+    try:
+        return builder(dict(cfg))
+    except (TypeError, ValueError) as err:  # unknown or invalid objective keys, named by the family
+        raise ConfigError(f"objective: {err}") from err
 
 
 # ============================================================================================ data
@@ -236,7 +219,11 @@ def _read_manifest(path: Path) -> list[tuple[str, float | None]]:
 
 
 def list_audio_files(path: str | os.PathLike, min_secs: float = 0.0) -> list[str]:
-    """Audio files of a folder (recursive, hidden files skipped, sorted) or of a manifest."""
+    """Audio files of a folder (recursive, hidden files skipped, sorted) or of a manifest.
+
+    Files are not opened here: unusable ones are found, skipped and counted while training. For millions of
+    files on a network disk, a manifest avoids the directory walk.
+    """
     if not str(path):
         raise DataError("no pretraining data given: pass --data DIR_OR_MANIFEST (or data.path=...)")
     p = Path(path)
@@ -269,9 +256,9 @@ class UnlabeledAudio(Dataset):
                  seed: int, data: DataConfig, min_samples: int = 1):
         self.files, self.sample_rate = list(files), int(sample_rate)
         self.num_views, self.seed = num_views, seed
-        self.crop = None if crop_secs is None else int(round(crop_secs * sample_rate))
+        self.crop = None if crop_secs is None else round(crop_secs * sample_rate)
         self.cfg = data
-        self.min_samples = max(min_samples, int(math.ceil(data.min_secs * sample_rate)))
+        self.min_samples = max(min_samples, math.ceil(data.min_secs * sample_rate))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -485,7 +472,7 @@ def _make_optimizer(objective: nn.Module, cfg: OptimConfig, device: torch.device
 
 
 class _StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step boundary and returns."""
+    """SIGTERM / SIGINT set a flag; the loop finishes the step under way, checkpoints and returns."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -513,7 +500,8 @@ def _in_main_thread() -> bool:
 
 
 # ============================================================================================ the loop
-def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | None = None) -> dict:
+def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | None = None,
+             stop_at_step: int | None = None) -> dict:
     """Run (or resume) pretraining as ``cfg`` says; see the module docstring for the exactness contract.
 
     Args:
@@ -521,6 +509,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
             ``losses.jsonl`` and ``tb/`` (rank 0 only).
         resume: continue from ``out_dir/last.ckpt``.
         objective: an already built objective (default: ``build_objective(cfg.objective)``).
+        stop_at_step: end this invocation after that many steps in all, checkpointed, without changing the
+            schedules' horizon ``cfg.max_steps`` (for time-limited jobs); ``resume`` continues from there.
 
     Returns:
         dict with ``step`` (updates done), ``stopped_by`` (signal name or None), ``skipped_files`` (count),
@@ -548,7 +538,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     # ---------------------------------------------------------------- objective, data, optimizer
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every repeat
     raw = objective if objective is not None else build_objective(cfg.objective)
-    raw.to(device)
+    raw.to(device).train()
     files = list_audio_files(cfg.data.path, cfg.data.min_secs)
     fe: FbankConfig = raw.frontend
     min_samples = int(fe.sample_rate * fe.frame_length_ms / 1000)  # one fbank window
@@ -568,9 +558,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
         _set_rng_state(ckpt["rng"])
         skipped, start = dict(ckpt["skipped_files"]), int(ckpt["step"])
         if rank == 0:
-            log.info("resuming %s at step %d (epoch %d, index %d)%s", out, start, *ckpt["sampler"][:2],
-                     f"; {len(skipped)} unusable files known" if skipped else "")
-    stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+            log.info("resuming %s at step %d (epoch %d, index %d)", out, start, *ckpt["sampler"][:2])
+            if skipped:
+                log.warning("%d unusable audio files were skipped so far (last.ckpt['skipped_files'])",
+                            len(skipped))
+    stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
     sampler = StepBatchSampler(len(files), cfg.batch_size, cfg.seed, start, stop, rank, world)
     workers = cfg.data.num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views, num_workers=workers,
@@ -644,25 +636,25 @@ def _train_step(model, raw, fbank: Fbank, wavs: Tensor, lengths: Tensor, optimiz
     Returns the loss and logs averaged over all micro-batches of all ranks, and ``flags`` summed over ranks
     (they ride on the same all-reduce, so stopping and bookkeeping cost no extra collective).
     """
-    B, V, _ = wavs.shape
-    micro = B // cfg.grad_accum
-    wavs = wavs.to(device, non_blocking=True).flatten(0, 1)  # (B*V, S)
-    with torch.no_grad():
-        feats, frames = fbank(wavs, lengths.to(device, non_blocking=True).flatten())  # (B*V, T, F), (B*V,)
-    feats, frames = feats.unflatten(0, (B, V)), frames.view(B, V)
-    if raw.num_views == 1:
-        feats, frames = feats[:, 0], frames[:, 0]  # (B, T, F), (B,)
+    micro = wavs.shape[0] // cfg.grad_accum
     total = torch.zeros((), device=device)
     log_sums: dict[str, Tensor] = {}
     for a in range(cfg.grad_accum):
         m = rank * cfg.grad_accum + a  # global micro-batch index: positions [m*micro, (m+1)*micro) of step
+        # the micro-batch's own padding, so its features do not depend on what else the rank holds
+        lens = lengths[a * micro:(a + 1) * micro]  # (b, V), on the host
+        w = wavs[a * micro:(a + 1) * micro, :, : int(lens.max())].to(device, non_blocking=True)  # (b, V, S)
+        with torch.no_grad():
+            feats, frames = fbank(w.flatten(0, 1), lens.flatten().to(device, non_blocking=True))
+        feats, frames = feats.unflatten(0, w.shape[:2]), frames.view(w.shape[:2])  # (b, V, T, F), (b, V)
+        if raw.num_views == 1:
+            feats, frames = feats[:, 0], frames[:, 0]  # (b, T, F), (b,)
         gen = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, step, m, 0))
         torch.manual_seed(_seed_for(cfg.seed, step, m, 1))  # dropout / drop-path / layerdrop
-        sl = slice(a * micro, (a + 1) * micro)
         sync = contextlib.nullcontext() if world == 1 or a == cfg.grad_accum - 1 else model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, logs = model(feats[sl], frames[sl], gen)
+                loss, logs = model(feats, frames, gen)
             (loss.float() / cfg.grad_accum).backward()
         total += loss.detach().float() / cfg.grad_accum
         for k, v in logs.items():
@@ -728,7 +720,7 @@ class _Reporter:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
         _truncate_losses(out / "losses.jsonl", start)
-        self.file = open(out / "losses.jsonl", "a", encoding="utf-8")
+        self.file = open(out / "losses.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
