@@ -6,7 +6,7 @@
 
 Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``upstream.pt`` (loads with
 ``upstream.load("<any upstream of the family>", ckpt=...)``), ``losses.jsonl`` and ``tb/``. SIGTERM / Ctrl-C
-checkpoint at the next step and exit 0; ``--resume`` continues exactly. Exit codes: 0 done or stopped,
+checkpoint after the step under way and exit 0; ``--resume`` continues exactly. Exit codes: 0 done or stopped,
 1 non-finite loss (last good checkpoint kept), 2 bad arguments, config or data.
 """
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, dotted for nested keys (optim.lr=1e-4, objective.mask_patch=250)")
     p.add_argument("--resume", action="store_true", help="continue from <expdir>/<name>/last.ckpt")
+    p.add_argument("--stop-at-step", type=int, metavar="N",
+                   help="checkpoint and exit after N steps in all (schedules still end at max_steps)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     p.add_argument("--expdir", default="exp/pretrain", help="parent folder of experiments")
     args = p.parse_args(argv)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        result = pretrain(resolve_config(args), resume=args.resume)
+        result = pretrain(resolve_config(args), resume=args.resume, stop_at_step=args.stop_at_step)
     except (ConfigError, DataError) as err:
         print(f"run_pretrain.py: error: {err}", file=sys.stderr)
         return 2
