@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="data folder (default $ASTBENCH_DATA)")
     p.add_argument("--expdir", default="exp/downstream")
     p.add_argument("--results", default=str(results.DEFAULT_PATH))
+    p.add_argument("--label", default="", help="table row this run belongs to (default: the upstream name)")
     return p.parse_args(argv)
 
 
@@ -73,7 +74,7 @@ def resolve_config(args) -> tuple[DownstreamConfig, Path]:
                                     f"l{args.layer}" if args.layer is not None else ""] if x)
     run = RunConfig(upstream=args.upstream, ckpt=args.ckpt, task=args.task, fold=args.fold,
                     finetune=args.finetune, layer=args.layer, seed=args.seed, data_root=args.data_root,
-                    expname=name)
+                    expname=name, label=args.label)
     return replace(cfg, run=run), Path(args.expdir) / name
 
 
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
         results.append(results.ResultRecord(
             upstream=r.upstream, ckpt_sha256=getattr(up, "checkpoint_sha256", None), task=r.task, split=split,
             metric=spec.metric, value=float(value), fold=r.fold, mode="finetune" if r.finetune else "frozen",
-            layer=r.layer, seed=r.seed, config=config_dict, expname=r.expname, step=state["step"]), args.results)
+            layer=r.layer, seed=r.seed, config=config_dict, expname=r.expname, step=state["step"],
+            label=r.label), args.results)
     return 0
 
 

@@ -43,10 +43,13 @@ class ResultRecord:
     timestamp: str = ""
     expname: str = ""
     step: int | None = None  # training step of the evaluated checkpoint
+    label: str = ""  # the row this run belongs to in a table (a suite sets it; default: the upstream name)
 
     def __post_init__(self):
         if self.mode not in ("frozen", "finetune"):
             raise ValueError(f"mode must be 'frozen' or 'finetune', got {self.mode!r}")
+        if not self.label:
+            self.label = self.upstream
         if not self.config_hash:
             self.config_hash = config_hash(self.config)
         if not self.code_version:

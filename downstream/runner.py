@@ -66,6 +66,7 @@ class RunConfig:
     seed: int = 1337  # s3prl default
     data_root: str | None = None
     expname: str = ""
+    label: str = ""  # table row (benchmark suites); empty = the upstream name
 
 
 @dataclass
