@@ -4,9 +4,12 @@
     python run_downstream.py -u ssast_frame_400 -d speech_commands_v2 -f -o optimizer.lr=2.5e-4
     python run_downstream.py -u my_pkg.my_mod:build -d esc50 --fold 3          # a user's upstream
     python run_downstream.py -m evaluate -e exp/downstream/ks1_ssast            # re-score dev-best.ckpt
+    python run_downstream.py -m esc50-select -e exp/downstream/x_esc50_fold{1,2,3,4,5}_finetune
+    torchrun --nproc_per_node 4 run_downstream.py -u ssast_patch_400 -d esc50 --fold 1 -f   # DDP
 
 Writes ``<expdir>/<expname>/{config.yaml, dev-best.ckpt, last.ckpt, evals.jsonl, events.*}`` and appends one
-``ResultRecord`` per evaluated split to ``--results``.
+``ResultRecord`` per evaluated split to ``--results`` (rank 0 only under ``torchrun``). Frozen runs cache the
+upstream's features under ``--cache-dir`` (``downstream.cache``).
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ import upstream as upstreams
 from benchmark import results
 from benchmark.config import ConfigError, config_from_dict, config_to_dict, dump_config, load_config
 from downstream import runner
+from downstream.cache import CACHE_ENV, FeatureCache, default_cache_dir
+from downstream.distributed import setup_distributed
+from downstream.metrics import esc50_select_runs
 from downstream.datasets import DatasetLayoutError
 from downstream.runner import DownstreamConfig, DownstreamModel, RunConfig
 from downstream.tasks import get_task
@@ -35,7 +41,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "downstream"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--mode", choices=("train", "evaluate"), default="train")
+    p.add_argument("-m", "--mode", choices=("train", "evaluate", "esc50-select"), default="train")
     p.add_argument("-u", "--upstream", help="registered name or package.module:builder")
     p.add_argument("-d", "--task", help="downstream task (downstream.tasks.TASKS)")
     p.add_argument("-f", "--finetune", action="store_true", help="fine-tune the upstream with the head")
@@ -43,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-n", "--expname", default="")
     p.add_argument("-c", "--config", default=None, help="YAML (default configs/downstream/<task>[_finetune].yaml)")
     p.add_argument("-o", "--override", action="append", default=[], help="key=value, e.g. optimizer.lr=1e-5")
-    p.add_argument("-e", "--from", dest="from_dir", default=None, help="-m evaluate: the run's folder")
+    p.add_argument("-e", "--from", dest="from_dir", nargs="+", default=None,
+                   help="-m evaluate: the run's folder; -m esc50-select: the 5 fold runs' folders")
     p.add_argument("--ckpt", default=None, help="upstream checkpoint")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--fold", type=int, default=None)
@@ -53,12 +60,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--expdir", default="exp/downstream")
     p.add_argument("--results", default=str(results.DEFAULT_PATH))
     p.add_argument("--label", default="", help="table row this run belongs to (default: the upstream name)")
+    p.add_argument("--cache-dir", default=None, help=f"frozen-feature cache (default ${CACHE_ENV} or "
+                   "~/.cache/astbench/features)")
+    p.add_argument("--no-cache", action="store_true", help="frozen runs: run the upstream every epoch")
     return p.parse_args(argv)
 
 
 def resolve_config(args) -> tuple[DownstreamConfig, Path]:
     if args.mode == "evaluate":
-        expdir = Path(args.from_dir)
+        if not args.from_dir or len(args.from_dir) != 1:
+            raise ValueError("-m evaluate takes one run folder: -e EXPDIR")
+        expdir = Path(args.from_dir[0])
         cfg = config_from_dict(DownstreamConfig, yaml.safe_load((expdir / "config.yaml").read_text()),
                                f"{expdir / 'config.yaml'}")
         return (replace(cfg, run=replace(cfg.run, data_root=args.data_root)) if args.data_root else cfg), expdir
@@ -78,13 +90,31 @@ def resolve_config(args) -> tuple[DownstreamConfig, Path]:
     return replace(cfg, run=run), Path(args.expdir) / name
 
 
+def esc50_select(args) -> int:
+    """``-m esc50-select -e FOLD1 .. FOLD5``: SSAST's one epoch for all folds, printed as JSON."""
+    import json
+
+    try:
+        chosen = esc50_select_runs(args.from_dir or [])
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(chosen))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.mode == "esc50-select":
+        return esc50_select(args)
     try:
         cfg, expdir = resolve_config(args)
         r = cfg.run
         spec = get_task(r.task)
         resolve_builder(r.upstream)  # an unknown upstream fails before any data is read
+        if cfg.augment.active and not r.finetune:
+            raise ValueError("augment.* is set but this is a frozen run: augmentation is for -f PSLA runs only "
+                             "(the frozen s3prl probes see clean clips)")
         data = spec.read(r.data_root, r.fold)
         # seed before building: a random-init upstream (frozen, so not in the checkpoint) is then rebuilt exactly
         random.seed(r.seed), np.random.seed(r.seed), torch.manual_seed(r.seed)
@@ -99,33 +129,58 @@ def main(argv=None) -> int:
         if errors(problems):
             print(f"error: upstream {r.upstream} violates the upstream contract (see above)", file=sys.stderr)
             return 3
-    device = torch.device(args.device)
+    dist_ctx, device = setup_distributed(args.device)
+    try:
+        return _run(args, cfg, expdir, data, spec, up, device, dist_ctx)
+    finally:
+        dist_ctx.close()
+
+
+def _run(args, cfg, expdir, data, spec, up, device, dist_ctx) -> int:
+    r = cfg.run
     model = DownstreamModel(up, data.num_classes, cfg.head, r.layer, r.finetune).to(device)
     config_dict = config_to_dict(cfg)
+    cache = None
+    if not r.finetune and cfg.runner.feature_cache and not args.no_cache:
+        cache = FeatureCache(args.cache_dir or default_cache_dir(), up, r.upstream, cfg.upstream_overrides,
+                             model.selection, r.seed, cfg.runner.eval_batch_size, device)
+        if dist_ctx.enabled:  # rank 0 builds every shard once; the others read them
+            if dist_ctx.is_main:
+                for split in data.splits:
+                    cache.dataset(data, split, up.sample_rate, train=split == "train", seed=r.seed)
+            dist_ctx.barrier()
     if args.mode == "train":
-        expdir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, expdir / "config.yaml")
+        writer = None
+        if dist_ctx.is_main:
+            expdir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, expdir / "config.yaml")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                writer = SummaryWriter(str(expdir))
+            except ImportError:
+                writer = None
+        dist_ctx.barrier()
         try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(expdir))
-        except ImportError:
-            writer = None
-        try:
-            runner.fit(model, data, spec, cfg, expdir, device, config_dict, resume=args.resume, writer=writer)
+            runner.fit(model, data, spec, cfg, expdir, device, config_dict, resume=args.resume, writer=writer,
+                       cache=cache, dist_ctx=dist_ctx)
         except FloatingPointError as err:
             print(f"error: {err}", file=sys.stderr)
             return 4
         finally:
             if writer is not None:
                 writer.close()
-    state = runner.load_for_eval(model, expdir / "dev-best.ckpt", device)
+    if not dist_ctx.is_main:
+        return 0
+    wa = cfg.schedule.wa and (expdir / "wa.ckpt").exists()  # recipes.md §6: AS-20K reports the WA model
+    state = runner.load_for_eval(model, expdir / ("wa.ckpt" if wa else "dev-best.ckpt"), device)
     splits = ["test"] + ([data.selection_split] if data.selection_split != "test" else [])
     # the record keeps the run's identity but no machine paths (data root, checkpoint path: its sha256 is kept)
     config_dict["run"] = {k: v for k, v in config_dict["run"].items() if k not in ("data_root", "ckpt")}
     for split in splits:
-        loader = runner.build_loader(data, spec, split, up.sample_rate, cfg.runner, r.seed)
+        loader = runner.build_loader(data, spec, split, up.sample_rate, cfg.runner, r.seed, cache)
         value = runner.evaluate(model, loader, spec, device)[spec.metric]
-        print(f"{r.expname}: {split} {spec.metric} = {value:.4f} (step {state['step']})")
+        how = ", weight-averaged" if wa else ""
+        print(f"{r.expname}: {split} {spec.metric} = {value:.4f} (step {state['step']}{how})")
         results.append(results.ResultRecord(
             upstream=r.upstream, ckpt_sha256=getattr(up, "checkpoint_sha256", None), task=r.task, split=split,
             metric=spec.metric, value=float(value), fold=r.fold, mode="finetune" if r.finetune else "frozen",

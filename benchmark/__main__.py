@@ -1,23 +1,35 @@
-"""``python -m benchmark <command>``: the demo and (later) suites and tables."""
+"""``python -m benchmark <command>``: the demo, the demo corpus, suites and tables.
+
+    python -m benchmark demo [--large]           # the whole pipeline on a generated corpus (README's main command)
+    python -m benchmark demo-data --out DIR      # just generate the corpus
+    python -m benchmark run SUITE ...            # sweep a paper table's runs (see --list)
+    python -m benchmark tables [--plots]         # rebuild every table from results/results.jsonl
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+COMMANDS = {  # name: (module, help)
+    "demo": ("demo", "run the whole pipeline on the generated demo corpus"),
+    "demo-data": ("demo_data", "generate the demo corpus in the public dataset layouts"),
+    "run": ("suites", "run a suite: a paper table's upstreams x tasks x modes x seeds"),
+    "tables": ("tables", "rebuild the tables (markdown, CSV, LaTeX) from result records"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the built-in demo on a generated clip")
-    demo.add_argument("--seconds", type=float, default=3.0, help="length of the generated clip")
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--upstreams", nargs="*", default=None, help="names to run (default: all registered)")
+    modules = {}
+    for name, (module, help_text) in COMMANDS.items():
+        modules[name] = importlib.import_module(f"benchmark.{module}")
+        modules[name].add_arguments(sub.add_parser(name, help=help_text, description=modules[name].__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .features_demo import run
-
-        return run(args.seconds, args.device, args.upstreams)
-    return 2
+    return modules[args.command].run(args)
 
 
 if __name__ == "__main__":

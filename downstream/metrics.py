@@ -22,8 +22,10 @@ Every function accepts numpy arrays, torch tensors or nested sequences.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "multilabel_summary",
     "fold_mean_std",
     "esc50_select_epoch",
+    "esc50_select_runs",
 ]
 
 
@@ -296,3 +299,38 @@ def esc50_select_epoch(curves: Any) -> tuple[int, float]:
     mean_curve = c.mean(axis=0)
     best = int(np.argmax(mean_curve))
     return best, float(mean_curve[best])
+
+
+def esc50_select_runs(run_dirs: Sequence[str | Path]) -> dict:
+    """:func:`esc50_select_epoch` over the 5 fold runs of ``run_downstream.py -d esc50 --fold k``.
+
+    Reads each run's ``evals.jsonl`` (one line per evaluation: ``step``, ``accuracy``; the last line wins for a
+    step evaluated twice after a resume) and uses the steps every fold evaluated.
+
+    Args:
+        run_dirs: the fold runs' folders, fold 1 first.
+
+    Returns:
+        ``{"step", "mean_accuracy", "fold_accuracies", "runs"}``: the chosen step, the fold mean there, the
+        per-fold accuracies at it (in ``run_dirs`` order) and the folders.
+    """
+    if len(run_dirs) < 2:
+        raise ValueError(f"esc50 epoch selection needs the fold runs (5 for ESC-50), got {len(run_dirs)}")
+    curves = []
+    for d in run_dirs:
+        path = Path(d) / "evals.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {d} a run_downstream.py run folder?")
+        by_step = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "accuracy" in row:
+                    by_step[int(row["step"])] = float(row["accuracy"])
+        curves.append(by_step)
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    if not steps:
+        raise ValueError(f"the runs {[str(d) for d in run_dirs]} share no evaluated step")
+    index, mean = esc50_select_epoch([[c[s] for s in steps] for c in curves])
+    return {"step": steps[index], "mean_accuracy": mean, "fold_accuracies": [c[steps[index]] for c in curves],
+            "runs": [str(d) for d in run_dirs]}

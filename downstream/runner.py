@@ -4,6 +4,8 @@ One upstream API serves both modes: ``upstream(wavs)`` gives hidden states, leng
 Frozen: upstream ``.eval()`` under ``torch.no_grad()``, only Featurizer + head learn. Fine-tune: upstream
 ``.train()`` and its parameters join the head's in one Adam at the same lr (s3prl ``_get_optimizer``).
 Model selection: evaluate ``TaskData.selection_split`` every ``eval_step`` steps, keep ``dev-best.ckpt``.
+Frozen runs read upstream features from ``downstream.cache``; ``-f`` PSLA runs add ``downstream.augment``;
+training batches come from ``downstream.distributed.StepBatchSampler`` (exact resume, ``torchrun`` ranks).
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler
 
 from . import metrics
+from .augment import AugmentConfig, AugmentedFrontend, ScheduleConfig, WeightAverage, lr_factor, mixup
+from .cache import CachedDataset, FeatureBatch, FeatureCache, collate_features, select_features
 from .datasets import TaskData, class_balanced_weights, collate
+from .distributed import DistContext, StepBatchSampler
 from .featurizer import Featurizer
 from .heads import PSLAHead, UtteranceHead
 from .tasks import TaskSpec
@@ -37,6 +43,7 @@ class RunnerConfig:
     gradient_accumulate_steps: int = 1  # micro-batches per optimizer step
     gradient_clipping: float = 1.0  # s3prl default
     num_workers: int = 0
+    feature_cache: bool = True  # frozen runs: upstream features computed once, read from disk (downstream.cache)
 
 
 @dataclass
@@ -74,13 +81,18 @@ class DownstreamConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # -f PSLA recipes only
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     upstream_overrides: dict = field(default_factory=dict)  # passed to upstream.load (e.g. window_secs)
     run: RunConfig = field(default_factory=RunConfig)
 
 
 # ------------------------------------------------------------------------------------------ model
 class DownstreamModel(nn.Module):
-    """upstream -> Featurizer -> UtteranceHead, or upstream clip feature -> PSLAHead. Returns logits."""
+    """upstream -> Featurizer -> UtteranceHead, or upstream clip feature -> PSLAHead. Returns logits.
+
+    Takes a list of waveforms, or a :class:`~downstream.cache.FeatureBatch` of cached frozen features.
+    """
 
     def __init__(self, upstream: nn.Module, num_classes: int, head: HeadConfig, layer: int | None = None,
                  finetune: bool = False):
@@ -95,19 +107,56 @@ class DownstreamModel(nn.Module):
                 self.featurizer = Featurizer(upstream.num_layers, layer)
             self.head = UtteranceHead(upstream.hidden_size, num_classes, head.proj_dim)
 
+    @property
+    def selection(self) -> str:
+        """The upstream output the head reads (the feature cache stores it)."""
+        return "clip" if self.kind == "psla" else "hidden_states" if self.featurizer else "last_hidden_state"
+
+    def augment_inputs(self, cfg: AugmentConfig, generator: torch.Generator) -> None:
+        """Put SpecAugment/noise after the upstream's front end (training mode only, ``-f`` only)."""
+        if not self.finetune:
+            raise ValueError("augment.* applies to -f runs only: a frozen probe (and its feature cache) sees "
+                             "the clips unaugmented, as s3prl's")
+        if cfg.freqm or cfg.timem or cfg.noise:
+            if not isinstance(getattr(self.upstream, "frontend", None), nn.Module):
+                raise ValueError(f"augment.freqm/timem/noise need an upstream with a .frontend module; "
+                                 f"{type(self.upstream).__name__} has none")
+            wrapped = AugmentedFrontend(self.upstream.frontend, cfg, generator)
+            self.upstream.frontend = wrapped.train(self.upstream.training)
+
     def train(self, mode: bool = True) -> "DownstreamModel":
         super().train(mode)
         if not self.finetune:
             self.upstream.eval()  # frozen probe: no dropout, no norm-statistic updates
         return self
 
-    def forward(self, wavs: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: list[torch.Tensor] | FeatureBatch) -> torch.Tensor:
+        if isinstance(inputs, FeatureBatch):
+            feats, lengths = self._cached(inputs)  # (B, T, L, H), (B,)
+            if self.kind == "psla":
+                return self.head(feats[:, 0, 0])
+            hidden = list(feats.unbind(2))
+            return self.head(self.featurizer(hidden) if self.featurizer is not None else hidden[0], lengths)
         with torch.set_grad_enabled(self.finetune and self.training and torch.is_grad_enabled()):
-            out = self.upstream(wavs)
+            out = self.upstream(inputs)
         if self.kind == "psla":
             return self.head(out["clip"])
         feats = self.featurizer(out["hidden_states"]) if self.featurizer is not None else out["last_hidden_state"]
         return self.head(feats, out["lengths"])
+
+    def _cached(self, batch: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = batch.feats.float(), batch.lengths.clone()
+        if batch.live:  # random training crops: through the frozen upstream now
+            rows = torch.tensor([i for i, _ in batch.live], device=feats.device)
+            with torch.no_grad():
+                live, live_lens = select_features(self.upstream([w for _, w in batch.live]), self.selection)
+            if feats.shape[2:] != live.shape[2:]:  # the batch had no cached clip to give the shape
+                feats = feats.new_zeros(*feats.shape[:2], *live.shape[2:])
+            T = max(feats.shape[1], live.shape[1])
+            feats = F.pad(feats, (0, 0, 0, 0, 0, T - feats.shape[1]))
+            feats[rows] = F.pad(live.float(), (0, 0, 0, 0, 0, T - live.shape[1]))
+            lengths[rows] = live_lens.to(lengths.dtype)
+        return feats, lengths
 
     def trainable_state(self) -> dict:
         """Weights the run learned: head + featurizer, plus the upstream when fine-tuned."""
@@ -115,12 +164,13 @@ class DownstreamModel(nn.Module):
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """``'ce'`` on class indices, or ``'bce'`` on multi-hot / one-hot targets (SSAST KS2 recipe)."""
+    """``'ce'`` on class indices (or the argmax of mixed targets, as SSAST), or ``'bce'`` on multi-hot /
+    one-hot / mixed targets (SSAST KS2 recipe)."""
     logits = logits.float()
     if kind == "bce":
         target = labels.float() if labels.ndim == 2 else F.one_hot(labels, logits.shape[-1]).float()
         return F.binary_cross_entropy_with_logits(logits, target)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels.argmax(-1) if labels.ndim == 2 else labels)
 
 
 def build_optimizer(model: DownstreamModel, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Adam:
@@ -129,40 +179,78 @@ def build_optimizer(model: DownstreamModel, cfg: OptimizerConfig, device: torch.
                             fused=device.type == "cuda")
 
 
+def _dataset(data: TaskData, split: str, sample_rate: int, train: bool, seed: int, cache: FeatureCache | None):
+    if cache is not None:
+        return cache.dataset(data, split, sample_rate, train=train, seed=seed)
+    return data.dataset(split, sample_rate, train=train, seed=seed)
+
+
+def _collate(ds) -> Callable:
+    return collate_features if isinstance(ds, CachedDataset) else collate
+
+
 def build_loader(data: TaskData, spec: TaskSpec, split: str, sample_rate: int, cfg: RunnerConfig,
-                 seed: int) -> DataLoader:
-    """Train: shuffled (class-balanced for KS1); dev: class-balanced for KS1 with a fixed draw; else in order."""
-    train = split == "train"
-    ds = data.dataset(split, sample_rate, train=train, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    if spec.balanced_sampling and split in ("train", "dev"):
-        sampler = WeightedRandomSampler(class_balanced_weights(ds.clips), len(ds), generator=gen)
+                 seed: int, cache: FeatureCache | None = None) -> DataLoader:
+    """Evaluation loader: class-balanced with a fixed draw for KS1's dev split (s3prl), else in order."""
+    ds = _dataset(data, split, sample_rate, False, seed, cache)
+    clips = ds.ds.clips if isinstance(ds, CachedDataset) else ds.clips
+    if spec.balanced_sampling and split == "dev":
+        sampler = WeightedRandomSampler(class_balanced_weights(clips), len(ds),
+                                        generator=torch.Generator().manual_seed(seed))
     else:
-        sampler = RandomSampler(ds, generator=gen) if train else SequentialSampler(ds)
-    return DataLoader(ds, batch_size=cfg.batch_size if train else cfg.eval_batch_size, sampler=sampler,
-                      collate_fn=collate, num_workers=cfg.num_workers, drop_last=False)
+        sampler = SequentialSampler(ds)
+    return DataLoader(ds, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=_collate(ds),
+                      num_workers=cfg.num_workers)
+
+
+def train_loader(data: TaskData, spec: TaskSpec, sample_rate: int, cfg: RunnerConfig, seed: int, start_step: int,
+                 dist_ctx: DistContext, cache: FeatureCache | None = None) -> DataLoader:
+    """This rank's micro-batches from optimizer step ``start_step`` to ``cfg.total_steps`` (shuffled, or
+    class-balanced for KS1), a pure function of ``(seed, step)``."""
+    ds = _dataset(data, "train", sample_rate, True, seed, cache)
+    clips = ds.ds.clips if isinstance(ds, CachedDataset) else ds.clips
+    acc = cfg.gradient_accumulate_steps
+    sampler = StepBatchSampler(len(ds), cfg.batch_size, seed, start_step * acc, cfg.total_steps * acc,
+                               class_balanced_weights(clips) if spec.balanced_sampling else None,
+                               dist_ctx.rank, dist_ctx.world_size)
+    # own generator: creating the iterator must not draw from the global RNG, or a resumed run diverges
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=_collate(ds), num_workers=cfg.num_workers,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _to(inputs, device: torch.device):
+    return inputs.to(device) if isinstance(inputs, FeatureBatch) else [w.to(device) for w in inputs]
+
+
 # ------------------------------------------------------------------------------------------ loops
-def train_steps(model: DownstreamModel, batches: Iterator, optimizer: torch.optim.Optimizer, loss_kind: str,
-                num_steps: int, cfg: RunnerConfig, device: torch.device, first_step: int = 0) -> list[float]:
+def train_steps(model: nn.Module, batches: Iterator, optimizer: torch.optim.Optimizer, loss_kind: str,
+                num_steps: int, cfg: RunnerConfig, device: torch.device, first_step: int = 0,
+                lr_at: Callable[[int], float] | None = None,
+                mix: Callable[[list, torch.Tensor], tuple[list, torch.Tensor]] | None = None) -> list[float]:
     """``num_steps`` optimizer steps, each over ``gradient_accumulate_steps`` micro-batches.
 
-    Returns the per-step mean loss. Raises ``FloatingPointError`` on a non-finite loss (mae).
+    ``lr_at(step)`` sets the lr of each update; ``mix(wavs, labels)`` is mixup. Returns the per-step mean loss.
+    Raises ``FloatingPointError`` on a non-finite loss (mae).
     """
     model.train()
     losses = []
     for i in range(num_steps):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(first_step + i)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(cfg.gradient_accumulate_steps):
-            wavs, labels, _ = next(batches)
+            inputs, labels, _ = next(batches)
+            inputs, labels = _to(inputs, device), labels.to(device)
+            if mix is not None:
+                inputs, labels = mix(inputs, labels)
             with _autocast(device):
-                loss = compute_loss(model([w.to(device) for w in wavs]), labels.to(device), loss_kind)
+                loss = compute_loss(model(inputs), labels, loss_kind)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at step {first_step + i + 1}; "
                                          f"stopping. Lower optimizer.lr or check the input audio.")
@@ -185,9 +273,9 @@ def evaluate(model: DownstreamModel, loader: DataLoader, spec: TaskSpec, device:
     """-> ``{spec.metric: value}`` over the whole loader."""
     model.eval()
     scores, targets = [], []
-    for wavs, labels, _ in loader:
+    for inputs, labels, _ in loader:
         with _autocast(device):
-            scores.append(model([w.to(device) for w in wavs]).float().cpu())
+            scores.append(model(_to(inputs, device)).float().cpu())
         targets.append(labels)
     logits, target = torch.cat(scores), torch.cat(targets)
     if spec.metric == "mAP":
@@ -212,52 +300,80 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _forever(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
 def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamConfig, expdir: Path,
         device: torch.device, config_dict: dict, resume: bool = False,
-        log: Callable[[str], None] = print, writer=None) -> dict:
+        log: Callable[[str], None] = print, writer=None, cache: FeatureCache | None = None,
+        dist_ctx: DistContext | None = None) -> dict:
     """Train to ``runner.total_steps``, evaluating ``data.selection_split`` every ``eval_step`` steps.
 
-    Writes ``expdir/dev-best.ckpt`` (best selection metric) and ``expdir/last.ckpt`` (resume state), and one
-    line per evaluation to ``expdir/evals.jsonl``. Returns ``{"best_step", "best"}``.
+    Writes ``expdir/dev-best.ckpt`` (best selection metric), ``expdir/last.ckpt`` (resume state), with
+    ``schedule.wa`` ``expdir/wa.ckpt`` (the averaged model), and one line per evaluation to
+    ``expdir/evals.jsonl``; under ``torchrun`` rank 0 evaluates and writes. Returns ``{"best_step", "best"}``.
     """
     import json
 
-    rc, sr = cfg.runner, model.upstream.sample_rate
+    dist_ctx = dist_ctx or DistContext()
+    rc, sr, main = cfg.runner, model.upstream.sample_rate, dist_ctx.is_main
     optimizer = build_optimizer(model, cfg.optimizer, device)
+    net = model
+    if dist_ctx.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=model.finetune)
+    aug_gen = torch.Generator(device).manual_seed(cfg.run.seed * 1000 + dist_ctx.rank)
+    if cfg.augment.active:
+        model.augment_inputs(cfg.augment, aug_gen)
+    wa = WeightAverage() if cfg.schedule.wa else None
     step, best = 0, {"step": 0, "value": -float("inf")}
     if resume:
         state = torch.load(expdir / "last.ckpt", map_location=device, weights_only=False)
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best"]
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][dist_ctx.rank] if isinstance(state["rng"], list) else state["rng"])
+        aug_gen.set_state(state["aug_rng"][dist_ctx.rank].cpu())
+        if wa is not None and state.get("wa"):
+            wa.load_state_dict(state["wa"])
         log(f"resumed from {expdir / 'last.ckpt'} at step {step}")
-    batches = _forever(build_loader(data, spec, "train", sr, rc, cfg.run.seed + step))
+    batches = iter(train_loader(data, spec, sr, rc, cfg.run.seed, step, dist_ctx, cache))
     loss_kind, sel = spec.loss_for(cfg.run.finetune), data.selection_split
+    lr_at = lambda s: cfg.optimizer.lr * lr_factor(s, rc.eval_step, cfg.schedule)  # noqa: E731
+    mix = None
+    if cfg.augment.mixup > 0:
+        mix = lambda w, y: mixup(w, y, data.num_classes, cfg.augment.mixup, aug_gen)  # noqa: E731
     while step < rc.total_steps:
         n = min(rc.eval_step - step % rc.eval_step, rc.total_steps - step)
-        losses = train_steps(model, batches, optimizer, loss_kind, n, rc, device, first_step=step)
+        losses = dist_ctx.mean(train_steps(net, batches, optimizer, loss_kind, n, rc, device, step, lr_at, mix))
         step += n
-        if writer is not None:
-            writer.add_scalar("train/loss", float(np.mean(losses)), step)
-        result = evaluate(model, build_loader(data, spec, sel, sr, rc, cfg.run.seed), spec, device)
-        value = result[spec.metric]
-        log(f"step {step}: train loss {np.mean(losses):.4f}, {sel} {spec.metric} {value:.4f}")
-        if writer is not None:
-            writer.add_scalar(f"{sel}/{spec.metric}", value, step)
-        with open(expdir / "evals.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "split": sel, spec.metric: value}) + "\n")
-        if value > best["value"] or best["step"] == 0:  # NaN-safe first save
-            best = {"step": step, "value": value}
-            save_atomic({"model": model.trainable_state(), "step": step, "metrics": result,
-                         "config": config_dict}, expdir / "dev-best.ckpt")
-        save_atomic({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "step": step,
-                     "best": best, "rng": rng_state(), "config": config_dict}, expdir / "last.ckpt")
+        epoch = -(-step // rc.eval_step)
+        if wa is not None and cfg.schedule.wa_start <= epoch <= cfg.schedule.wa_end:
+            wa.add(model.trainable_state())
+        rngs = dist_ctx.gather(rng_state())
+        aug_rngs = dist_ctx.gather(aug_gen.get_state().cpu())
+        if main:
+            if writer is not None:
+                writer.add_scalar("train/loss", float(np.mean(losses)), step)
+            result = evaluate(model, build_loader(data, spec, sel, sr, rc, cfg.run.seed, cache), spec, device)
+            value = result[spec.metric]
+            log(f"step {step}: train loss {np.mean(losses):.4f}, {sel} {spec.metric} {value:.4f}")
+            if writer is not None:
+                writer.add_scalar(f"{sel}/{spec.metric}", value, step)
+            with open(expdir / "evals.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "split": sel, spec.metric: value,
+                                    "train_loss": float(np.mean(losses))}) + "\n")
+            if value > best["value"] or best["step"] == 0:  # NaN-safe first save
+                best = {"step": step, "value": value}
+                save_atomic({"model": model.trainable_state(), "step": step, "metrics": result,
+                             "config": config_dict}, expdir / "dev-best.ckpt")
+            if wa is not None and (epoch == cfg.schedule.wa_end or step == rc.total_steps) and wa.count:
+                save_atomic({"model": wa.average(), "step": step, "config": config_dict,
+                             "wa_epochs": [cfg.schedule.wa_start, min(epoch, cfg.schedule.wa_end)]},
+                            expdir / "wa.ckpt")
+            save_atomic({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "step": step,
+                         "best": best, "rng": rngs, "aug_rng": aug_rngs, "world_size": dist_ctx.world_size,
+                         "wa": wa.state_dict() if wa is not None else None, "config": config_dict},
+                        expdir / "last.ckpt")
+        dist_ctx.barrier()
+    model.train(False)
     return {"best_step": best["step"], "best": best["value"]}
 
 

@@ -34,3 +34,10 @@ def fixture_path(*parts: str) -> Path:
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_caches(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's feature cache (``~/.cache/astbench/features``)."""
+    if "ASTBENCH_CACHE" not in os.environ:
+        monkeypatch.setenv("ASTBENCH_CACHE", str(tmp_path_factory.mktemp("feature_cache")))

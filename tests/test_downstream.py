@@ -15,6 +15,12 @@ from downstream.tasks import TASKS, get_task
 from downstream.validate import errors, validate_upstream
 from tests.layouts import BUILDERS
 
+@pytest.fixture(autouse=True)
+def _feature_cache_in_tmp(tmp_path, monkeypatch):
+    """Frozen runs cache features; keep them out of the home folder."""
+    monkeypatch.setenv("ASTBENCH_CACHE", str(tmp_path / "feature_cache"))
+
+
 TINY = ["-o", "runner.total_steps=2", "-o", "runner.eval_step=1", "-o", "runner.batch_size=4",
         "-o", "runner.eval_batch_size=8"]
 

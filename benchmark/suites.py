@@ -1,0 +1,310 @@
+"""Suites: sweep rows x tasks x modes x seeds x folds of a table through ``run_downstream.py``.
+
+    python -m benchmark run --list                                   # suites and their job counts
+    python -m benchmark run ssast_masked_patches --data-root DATA --pretrain-data UNLABELED --seeds 1 2 3
+    python -m benchmark run ssast_main --dry-run                     # the plan, nothing run
+    torchrun --nproc_per_node 4 -m benchmark run ssast_main ...      # each job runs under DDP
+
+A suite is a table of ``benchmark/published`` (or one built in code, like the demo's): each row that says how
+it is produced (``Row.run``) gives one job per column (task x mode), seed and fold. A row whose ``RunSpec``
+names a pretraining recipe is pretrained first with ``run_pretrain.py`` (shared between rows and tables with the
+same recipe and overrides, resumed if a previous sweep was killed). Each job then calls ``run_downstream.main``
+with ``--label <row>``, so its result records land in the table's row.
+
+Re-running a suite is how it resumes: a job whose test record already exists (same label, task, mode, seed and
+fold, and the same upstream checkpoint) is skipped; a job killed part-way continues from its ``last.ckpt``. The
+plan is fixed when the sweep starts, so every rank of a torchrun sweep runs the same jobs in the same order.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import results
+from .published import PaperTable, RunSpec, get_table, load_tables
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDS = {"esc50": (1, 2, 3, 4, 5), "iemocap": (1, 2, 3, 4, 5)}
+
+
+class SuiteError(ValueError):
+    """A suite cannot be planned (unknown name or filter, missing pretraining data, ...)."""
+
+
+# ------------------------------------------------------------------------------------------ plan
+@dataclass(frozen=True)
+class Job:
+    """One ``run_downstream.py`` invocation: a table cell's run for one seed and fold."""
+
+    table: str
+    label: str
+    run: RunSpec
+    task: str
+    mode: str  # 'frozen' | 'finetune'
+    seed: int
+    fold: int | None = None
+
+    @property
+    def expname(self) -> str:
+        fold = f"_fold{self.fold}" if self.fold is not None else ""
+        return _safe(f"{self.label}_{self.task}{fold}_{self.mode}_seed{self.seed}")
+
+    def describe(self) -> str:
+        fold = f" fold {self.fold}" if self.fold is not None else ""
+        return f"{self.label} / {self.task}{fold} / {self.mode} / seed {self.seed}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name)
+
+
+@dataclass
+class SuiteOptions:
+    data_root: str | None = None  # run_downstream.py --data-root (default $ASTBENCH_DATA)
+    pretrain_data: str | None = None  # run_pretrain.py --data for rows that pretrain
+    seeds: Sequence[int] = (1337,)
+    rows: Sequence[str] = ()  # only these row labels (empty: all)
+    tasks: Sequence[str] = ()  # only these tasks
+    modes: Sequence[str] = ()  # only these modes
+    folds: Sequence[int] = ()  # only these folds of fold tasks (empty: all)
+    expdir: str = "exp/suites"  # <expdir>/pretrain/<run>, <expdir>/downstream/<table>/<job>
+    results: str = str(results.DEFAULT_PATH)
+    device: str | None = None
+    config_dir: str | None = None  # <config_dir>/<task>[_finetune].yaml instead of configs/downstream/
+    downstream_overrides: Sequence[str] = ()  # -o for every job (after the row's own)
+    pretrain_overrides: Sequence[str] = ()  # -o for every pretraining run (after the row's own)
+    fail_fast: bool = False
+
+
+def plan(table: PaperTable, opts: SuiteOptions) -> list[Job]:
+    """Every job of ``table`` under the filters of ``opts``, in a fixed order (row, column, seed, fold)."""
+    labels = {row.label for row in table.rows}
+    for name, wanted, known in (("row", opts.rows, labels), ("task", opts.tasks, {c.task for c in table.columns}),
+                                ("mode", opts.modes, {c.mode for c in table.columns})):
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise SuiteError(f"suite {table.id!r} has no {name}(s) {unknown}; it has {sorted(known)}")
+    jobs = []
+    for row in table.rows:
+        if row.run is None or (opts.rows and row.label not in opts.rows):
+            continue
+        for col in table.columns:
+            if (opts.tasks and col.task not in opts.tasks) or (opts.modes and col.mode not in opts.modes):
+                continue
+            folds = [f for f in FOLDS.get(col.task, (None,)) if f is None or not opts.folds or f in opts.folds]
+            for seed in opts.seeds:
+                for fold in folds:
+                    jobs.append(Job(table.id, row.label, row.run, col.task, col.mode, seed, fold))
+    return list(dict.fromkeys(jobs))  # two columns of one (task, mode) with other metrics: one run
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+def pretrain_dir(run: RunSpec, opts: SuiteOptions) -> Path:
+    """Where the pretraining of ``run`` lives: named by recipe plus a hash of everything that changes it, so
+    rows (and tables) asking for the same pretraining share one run."""
+    overrides = list(run.pretrain_overrides) + list(opts.pretrain_overrides)
+    key = "\n".join([str(run.pretrain_upstream), Path(run.pretrain).as_posix(), *overrides])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return Path(opts.expdir) / "pretrain" / f"{Path(run.pretrain).stem}-{digest}"
+
+
+def ensure_pretrained(run: RunSpec, opts: SuiteOptions, log: Callable[[str], None] = print) -> Path:
+    """Pretrain ``run`` unless done (resuming a killed run); returns its ``upstream.pt``."""
+    import run_pretrain
+
+    out = pretrain_dir(run, opts)
+    done = out / "upstream.pt"
+    if done.is_file() and not (out / "last.ckpt").is_file():
+        return done
+    if done.is_file() and _pretrain_finished(out):
+        return done
+    if not opts.pretrain_data:
+        raise SuiteError(f"row needs pretraining ({run.pretrain}) but no --pretrain-data was given")
+    argv = ["-u", run.pretrain_upstream, "-c", str(_repo_path(run.pretrain)), "--data", opts.pretrain_data,
+            "-n", out.name, "--expdir", str(out.parent)]
+    for item in list(run.pretrain_overrides) + list(opts.pretrain_overrides):
+        argv += ["-o", item]
+    if opts.device:
+        argv += ["--device", opts.device]
+    if (out / "last.ckpt").is_file():
+        argv.append("--resume")
+    log(f"pretraining {out.name}: run_pretrain.py {' '.join(argv)}")
+    code = run_pretrain.main(argv)
+    if code != 0 or not done.is_file():
+        raise SuiteError(f"pretraining {out} failed (exit code {code}); see its log above")
+    return done
+
+
+def _pretrain_finished(out: Path) -> bool:
+    """True when ``out/last.ckpt`` has reached the run's ``max_steps`` (a stopped run is resumed)."""
+    import torch
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    return int(state["step"]) >= int(cfg["max_steps"])
+
+
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO / p
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def job_checkpoint(job: Job, opts: SuiteOptions, log: Callable[[str], None] = print) -> Path | None:
+    """The upstream checkpoint a job runs on: its row's pretraining output, an official file looked up in
+    ``$ASTBENCH_CHECKPOINTS``, or ``None`` (the upstream's own default: random init for test-size models)."""
+    from upstream.registry import checkpoint_dir
+
+    if job.run.pretrain:
+        return ensure_pretrained(job.run, opts, log)
+    if job.run.ckpt:
+        path = Path(job.run.ckpt).expanduser()
+        path = path if path.is_absolute() or path.exists() else checkpoint_dir() / job.run.ckpt
+        if not path.is_file():
+            raise SuiteError(f"checkpoint {job.run.ckpt!r} not found (looked in {checkpoint_dir()}; "
+                             f"set ASTBENCH_CHECKPOINTS)")
+        return path
+    return None
+
+
+def is_done(job: Job, records: Sequence[results.ResultRecord], ckpt_sha: str | None) -> bool:
+    """A test-split record of this job exists (for the same upstream checkpoint when it has one)."""
+    for r in records:
+        if (r.label == job.label and r.task == job.task and r.mode == job.mode and r.seed == job.seed
+                and r.fold == job.fold and r.split == "test" and r.upstream == job.run.upstream
+                and r.layer == job.run.layer and (ckpt_sha is None or r.ckpt_sha256 == ckpt_sha)):
+            return True
+    return False
+
+
+def downstream_argv(job: Job, ckpt: Path | None, opts: SuiteOptions) -> list[str]:
+    """The ``run_downstream.py`` arguments of ``job``."""
+    expdir = Path(opts.expdir) / "downstream" / _safe(job.table)
+    argv = ["-u", job.run.upstream, "-d", job.task, "-n", job.expname, "--expdir", str(expdir),
+            "--results", opts.results, "--seed", str(job.seed), "--label", job.label]
+    if job.mode == "finetune":
+        argv.append("-f")
+    if job.fold is not None:
+        argv += ["--fold", str(job.fold)]
+    if ckpt is not None:
+        argv += ["--ckpt", str(ckpt)]
+    if job.run.layer is not None:
+        argv += ["-l", str(job.run.layer)]
+    if opts.config_dir:
+        argv += ["-c", str(Path(opts.config_dir) / f"{job.task}{'_finetune' if job.mode == 'finetune' else ''}.yaml")]
+    for item in list(job.run.overrides) + list(opts.downstream_overrides):
+        argv += ["-o", item]
+    if opts.data_root:
+        argv += ["--data-root", opts.data_root]
+    if opts.device:
+        argv += ["--device", opts.device]
+    if (expdir / job.expname / "last.ckpt").is_file():
+        argv.append("--resume")
+    return argv
+
+
+@dataclass
+class SuiteReport:
+    done: list[Job] = field(default_factory=list)  # ran now
+    skipped: list[Job] = field(default_factory=list)  # record already there
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def run_suite(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None] | None = None) -> SuiteReport:
+    """Run every pending job of ``table``; see the module docstring for skipping and resuming."""
+    import run_downstream
+    from upstream.checkpoint import file_sha256
+
+    rank = int(os.environ.get("RANK", "0"))
+    log = log or (print if rank == 0 else (lambda _msg: None))
+    jobs = plan(table, opts)
+    records = results.load(opts.results, skip_corrupt=False)
+    report, start = SuiteReport(), time.perf_counter()
+    shas: dict[Path, str] = {}
+    for i, job in enumerate(jobs, 1):
+        tag = f"[{i}/{len(jobs)}] {job.describe()}"
+        try:
+            ckpt = job_checkpoint(job, opts, log)
+            sha = shas.setdefault(ckpt, file_sha256(ckpt)) if ckpt is not None else None
+            if is_done(job, records, sha):
+                report.skipped.append(job)
+                log(f"{tag}: done before, skipped")
+                continue
+            log(f"{tag}: running")
+            t0 = time.perf_counter()
+            code = run_downstream.main(downstream_argv(job, ckpt, opts))
+            if code != 0:
+                raise SuiteError(f"run_downstream.py exited with code {code}")
+            report.done.append(job)
+            log(f"{tag}: finished in {time.perf_counter() - t0:.0f} s")
+        except (SuiteError, FileNotFoundError, ValueError) as err:
+            report.failed.append((job, str(err)))
+            log(f"{tag}: FAILED: {err}")
+            if opts.fail_fast:
+                break
+    report.seconds = time.perf_counter() - start
+    log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} failed "
+        f"in {report.seconds:.0f} s")
+    return report
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", nargs="?", help="a table id (see --list)")
+    p.add_argument("--list", action="store_true", help="list the suites and their job counts")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and whether each job is done")
+    p.add_argument("--data-root", default=None, help="datasets folder (default $ASTBENCH_DATA)")
+    p.add_argument("--pretrain-data", default=None, help="unlabeled audio for rows that pretrain")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    p.add_argument("--rows", nargs="+", default=[], help="only these row labels")
+    p.add_argument("--tasks", nargs="+", default=[], help="only these tasks")
+    p.add_argument("--modes", nargs="+", default=[], choices=["frozen", "finetune"])
+    p.add_argument("--folds", type=int, nargs="+", default=[], help="only these folds of ESC-50 / IEMOCAP")
+    p.add_argument("--expdir", default="exp/suites")
+    p.add_argument("--results", default=str(results.DEFAULT_PATH))
+    p.add_argument("--device", default=None)
+    p.add_argument("-o", "--override", action="append", default=[], help="run_downstream.py -o for every job")
+    p.add_argument("--pretrain-override", action="append", default=[], help="run_pretrain.py -o for every run")
+    p.add_argument("--fail-fast", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.list or not args.suite:
+            for table in load_tables():
+                n = len(plan(table, SuiteOptions()))
+                print(f"{table.id:32s} {n:4d} jobs per seed  {table.source}: {table.title}")
+            return 0
+        table = get_table(args.suite)
+        opts = SuiteOptions(data_root=args.data_root, pretrain_data=args.pretrain_data, seeds=args.seeds,
+                            rows=args.rows, tasks=args.tasks, modes=args.modes, folds=args.folds,
+                            expdir=args.expdir, results=args.results, device=args.device,
+                            downstream_overrides=args.override, pretrain_overrides=args.pretrain_override,
+                            fail_fast=args.fail_fast)
+        if args.dry_run:
+            records = results.load(opts.results)
+            for job in plan(table, opts):
+                state = "done" if is_done(job, records, None) else "pending"
+                pre = f" (pretrain {pretrain_dir(job.run, opts)})" if job.run.pretrain else ""
+                print(f"{state:8s} {job.describe()}{pre}")
+            return 0
+        report = run_suite(table, opts)
+    except (SuiteError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for job, why in report.failed:
+        print(f"failed: {job.describe()}: {why}", file=sys.stderr)
+    return 0 if report.ok else 1

@@ -1,0 +1,307 @@
+"""On-disk cache of frozen upstream features, so a frozen probe runs the upstream once per clip, not per epoch.
+
+A frozen probe (no ``-f``) sees the same features every epoch: the upstream is in ``.eval()`` with no grad and
+the s3prl probes apply no augmentation (``AugmentConfig`` is refused without ``-f``). The only per-epoch input
+change is a random training crop (``Clip.random_crop``: SID's 8 s crops, KS1's ``_silence_`` crops); those
+clips are never cached and go through the upstream live, so a cached run trains on what an uncached one does.
+
+Layout (``<cache_dir>`` = ``--cache-dir``, else ``$ASTBENCH_CACHE``, else ``~/.cache/astbench/features``)::
+
+    <cache_dir>/<key>/key.json                         what the key hashes (upstream, weights, overrides, ...)
+    <cache_dir>/<key>/<split>-<clips>.f16              (sum of frames, L, H) float16, raw, memory-mapped
+    <cache_dir>/<key>/<split>-<clips>.offsets.npy      (N + 1,) int64 row offsets; clip i = rows [o[i], o[i+1])
+    <cache_dir>/<key>/<split>-<clips>.json             shapes, live clips, a content checksum; written last
+
+``<key>`` hashes the upstream name, its weights (``checkpoint_sha256``, or the sha256 of its state_dict
+tensors plus the seed for a random-init or plug-in upstream), the upstream overrides and config, the feature
+selection and the source of the feature extractor; ``<clips>`` hashes each clip's path, size, mtime, crop and
+gain (plus the seed when evaluation crops are drawn from it). Any change gives a new file name.
+
+Stored features, float16 (half the space of float32; the probe's logits move by ~1e-3 relative):
+
+* ``hidden_states``: every layer's frame features ``(T, L, H)``, since the weighted sum needs them all and the
+  utterance head projects frames before it pools; ``-l k`` runs share it. ``L * H * 2`` bytes per frame:
+  SSAST patch base 12 x 9216 x 2 = 221 KB per frame (2.2 MB per second at 10 frames/s), frame base 12 x 768
+  x 2 = 18 KB per frame (1.8 MB per second at 100 frames/s).
+* ``last_hidden_state``: ``(T, 1, H)``; ``clip`` (the PSLA head's pooled token): ``(1, 1, D)``.
+
+Writes go to ``*.tmp`` files renamed into place (``os.replace``), the metadata JSON last, so an interrupted
+build leaves no metadata and is rebuilt; a shard whose sizes or checksum disagree with its metadata is
+rebuilt too. Features are computed one batch of ``batch_size`` clips at a time in the split's order;
+upstreams whose valid frames depend on the batch's padding (MAE-AST with ``partial_patch_valid``) give the
+features of that batching.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .datasets import ClipDataset, TaskData, collate
+
+CACHE_ENV = "ASTBENCH_CACHE"
+CACHE_VERSION = 1  # bump when the stored layout or the meaning of a selection changes
+SELECTIONS = ("hidden_states", "last_hidden_state", "clip")
+_CHECK_BYTES = 1 << 20  # checksum the first and last MiB of a shard: catches truncation and overwrites cheaply
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "astbench" / "features").expanduser()
+
+
+# ------------------------------------------------------------------------------------------ keys
+def _sha256_tensors(state: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _source_digest(up: nn.Module) -> str:
+    """sha256 of the source of the upstream's class and the shared feature code it runs on."""
+    files = {inspect.getsourcefile(type(up))}
+    for mod in ("interface", "frontend", "encoder", "tokenizer", "layers"):
+        p = Path(__file__).resolve().parents[1] / "upstream" / f"{mod}.py"
+        if p.exists():
+            files.add(str(p))
+    family = getattr(getattr(up, "cfg", None), "family", None)
+    if family:
+        files.add(str(Path(__file__).resolve().parents[1] / "upstream" / f"{family}.py"))
+    h = hashlib.sha256()
+    for f in sorted(x for x in files if x and Path(x).exists()):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(up: nn.Module, name: str, overrides: dict, selection: str, seed: int) -> tuple[str, dict]:
+    """(hex key, the JSON-able description it hashes) for ``up``'s ``selection`` features."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"feature selection must be one of {SELECTIONS}, got {selection!r}")
+    sha = getattr(up, "checkpoint_sha256", None)
+    if sha:
+        weights = {"checkpoint_sha256": sha}
+    else:
+        weights = {"state_sha256": _sha256_tensors(up.state_dict()), "seed": seed}
+    cfg = getattr(up, "cfg", None)
+    desc = {
+        "version": CACHE_VERSION, "upstream": name, "weights": weights,
+        "overrides": {k: overrides[k] for k in sorted(overrides)},
+        "upstream_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+        "selection": selection, "code": _source_digest(up),
+    }
+    blob = json.dumps(desc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32], desc
+
+
+def _clips_digest(ds: ClipDataset) -> str:
+    h = hashlib.sha256()
+    seeded = any(c.random_crop for c in ds.clips) and not ds.train
+    h.update(json.dumps({"sr": ds.sample_rate, "seed": ds.seed if seeded else None}).encode())
+    for c in ds.clips:
+        try:
+            st = c.path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        h.update(json.dumps([str(c.path), size, mtime, c.crop_secs, c.random_crop, c.gain_db]).encode())
+    return h.hexdigest()[:16]
+
+
+def _file_check(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_CHECK_BYTES))
+        if size > _CHECK_BYTES:
+            f.seek(max(_CHECK_BYTES, size - _CHECK_BYTES))
+            h.update(f.read())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ batches
+@dataclass
+class FeatureBatch:
+    """A batch of cached features, plus the clips that must go through the upstream (random crops).
+
+    Attributes:
+        feats: (B, T, L, H) float16, rows past ``lengths[b]`` are 0.
+        lengths: (B,) valid rows.
+        live: ``[(row, wav)]`` clips whose features are computed now; their ``feats`` rows are 0.
+    """
+
+    feats: torch.Tensor
+    lengths: torch.Tensor
+    live: list = field(default_factory=list)
+
+    def to(self, device: torch.device) -> "FeatureBatch":
+        return FeatureBatch(self.feats.to(device, non_blocking=True), self.lengths.to(device),
+                            [(i, w.to(device)) for i, w in self.live])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def collate_features(batch: Sequence[tuple]) -> tuple[FeatureBatch, torch.Tensor, list[str]]:
+    """Items of :class:`CachedDataset` -> ``(FeatureBatch, labels, uids)``; labels as :func:`collate`."""
+    items, labels, uids = zip(*batch, strict=True)
+    shape = next((x.shape[1:] for x in items if x.dim() == 3), None)
+    if shape is None:  # every clip is live: the shape comes from the upstream
+        shape = (1, 1)
+    T = max((x.shape[0] for x in items if x.dim() == 3), default=0)
+    feats = torch.zeros(len(items), max(T, 1), *shape, dtype=torch.float16)
+    lengths = torch.zeros(len(items), dtype=torch.long)
+    live = []
+    for i, x in enumerate(items):
+        if x.dim() == 3:
+            feats[i, : x.shape[0]] = x
+            lengths[i] = x.shape[0]
+        else:
+            live.append((i, x))
+    _, label_tensor, _ = collate([(torch.zeros(1), lab, u) for lab, u in zip(labels, uids)])
+    return FeatureBatch(feats, lengths, live), label_tensor, list(uids)
+
+
+class CachedDataset(Dataset):
+    """A :class:`ClipDataset` whose cached clips are read from a shard: item = ``(feats (T, L, H) f16 or wav
+    (S,), label, uid)``; a live clip (random training crop) is loaded as audio."""
+
+    def __init__(self, ds: ClipDataset, shard: Path, meta: dict):
+        self.ds, self.shard, self.meta = ds, shard, meta
+        self.live = set(meta["live"])
+        self._feats = self._offsets = None  # opened lazily, once per worker process
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def _open(self):
+        if self._feats is None:
+            self._offsets = np.load(self.shard.with_suffix(".offsets.npy"))
+            self._feats = np.memmap(self.shard.with_suffix(".f16"), dtype=np.float16, mode="r",
+                                    shape=tuple(self.meta["shape"]))
+        return self._feats, self._offsets
+
+    def __getitem__(self, index: int):
+        if index in self.live:
+            return self.ds[index]
+        feats, offsets = self._open()
+        rows = torch.from_numpy(np.array(feats[offsets[index]: offsets[index + 1]]))  # (T, L, H)
+        _, label, uid = self._label(index)
+        return rows, label, uid
+
+    def _label(self, index: int):
+        clip = self.ds.clips[index]
+        if self.ds.multilabel:
+            label = torch.zeros(len(self.ds.classes), dtype=torch.float32)
+            label[clip.label] = 1.0
+        else:
+            label = int(clip.label)
+        return None, label, clip.uid
+
+
+# ------------------------------------------------------------------------------------------ the cache
+def select_features(out: dict, selection: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream output -> ``((B, T, L, H), lengths (B,))`` for ``selection``."""
+    if selection == "hidden_states":
+        return torch.stack(out["hidden_states"], 2), out["lengths"]
+    if selection == "last_hidden_state":
+        return out["last_hidden_state"][:, :, None], out["lengths"]
+    clip = out["clip"][:, None, None]  # (B, 1, 1, D)
+    return clip, torch.ones(len(clip), dtype=torch.long, device=clip.device)
+
+
+class FeatureCache:
+    """Builds and opens the cached shards of one (upstream, weights, overrides, selection).
+
+    Args:
+        root: cache folder (``default_cache_dir()``).
+        up: the frozen upstream, on ``device``.
+        name: upstream name as given to ``-u``.
+        overrides: ``upstream_overrides`` it was built with.
+        selection: one of ``SELECTIONS``.
+        seed: the run seed (part of the key for random-init weights).
+        batch_size: clips per upstream call while building.
+        device: where the upstream runs.
+        log: progress messages.
+    """
+
+    def __init__(self, root: str | Path, up: nn.Module, name: str, overrides: dict, selection: str, seed: int,
+                 batch_size: int, device: torch.device, log: Callable[[str], None] = print):
+        self.key, self.desc = cache_key(up, name, overrides, selection, seed)
+        self.dir = Path(root).expanduser() / self.key
+        self.up, self.selection, self.batch_size, self.device, self.log = up, selection, batch_size, device, log
+
+    def dataset(self, data: TaskData, split: str, sample_rate: int, train: bool, seed: int,
+                build: bool = True) -> CachedDataset:
+        """The split as a :class:`CachedDataset`, building (or rebuilding) its shard when needed."""
+        ds = data.dataset(split, sample_rate, train=train, seed=seed)
+        live = [i for i, c in enumerate(ds.clips) if c.random_crop and c.crop_secs is not None and train]
+        shard = self.dir / f"{split}-{_clips_digest(ds)}-{'train' if live else 'eval'}"
+        meta = self.read_meta(shard)
+        if meta is None:
+            if not build:
+                raise FileNotFoundError(f"feature cache shard {shard} is missing or incomplete")
+            meta = self._build(data.dataset(split, sample_rate, train=False, seed=seed), shard, set(live))
+        return CachedDataset(ds, shard, meta)
+
+    @staticmethod
+    def read_meta(shard: Path) -> dict | None:
+        """The shard's metadata if the shard is complete and intact, else None."""
+        try:
+            meta = json.loads(shard.with_suffix(".json").read_text())
+            offsets = np.load(shard.with_suffix(".offsets.npy"))
+            data = shard.with_suffix(".f16")
+            rows, L, H = meta["shape"]
+            ok = (len(offsets) == meta["num_clips"] + 1 and offsets[0] == 0 and offsets[-1] == rows
+                  and bool(np.all(np.diff(offsets) >= 0)) and data.stat().st_size == rows * L * H * 2
+                  and _file_check(data) == meta["check"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return meta if ok else None
+
+    @torch.no_grad()
+    def _build(self, ds: ClipDataset, shard: Path, live: set[int]) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "key.json").write_text(json.dumps(self.desc, indent=1, sort_keys=True, default=str))
+        self.log(f"feature cache: computing {shard.name} ({len(ds) - len(live)} clips) under {self.dir}")
+        tmp = {s: shard.with_suffix(s + ".tmp") for s in (".f16", ".offsets.npy", ".json")}
+        idx = [i for i in range(len(ds)) if i not in live]
+        loader = DataLoader(torch.utils.data.Subset(ds, idx), batch_size=self.batch_size, collate_fn=collate)
+        counts = np.zeros(len(ds), dtype=np.int64)
+        shape = None
+        was_training = self.up.training
+        self.up.eval()
+        pos = 0
+        with open(tmp[".f16"], "wb") as f:
+            for wavs, _, _ in loader:
+                feats, lengths = select_features(self.up([w.to(self.device) for w in wavs]), self.selection)
+                feats = feats.to(torch.float16).cpu()
+                for b in range(len(wavs)):
+                    f.write(feats[b, : int(lengths[b])].contiguous().numpy().tobytes())
+                    counts[idx[pos]] = int(lengths[b])
+                    pos += 1
+                shape = tuple(feats.shape[2:])
+        self.up.train(was_training)
+        if shape is None:  # nothing to cache (every clip live): any shape, zero rows
+            shape = (1, 1)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        with open(tmp[".offsets.npy"], "wb") as f:
+            np.save(f, offsets)
+        os.replace(tmp[".f16"], shard.with_suffix(".f16"))
+        os.replace(tmp[".offsets.npy"], shard.with_suffix(".offsets.npy"))
+        meta = {"num_clips": len(ds), "shape": [int(offsets[-1]), *shape], "live": sorted(live),
+                "selection": self.selection, "check": _file_check(shard.with_suffix(".f16"))}
+        tmp[".json"].write_text(json.dumps(meta))
+        os.replace(tmp[".json"], shard.with_suffix(".json"))
+        return meta

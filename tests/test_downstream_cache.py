@@ -1,0 +1,129 @@
+"""Frozen-feature cache: same training as without it, no upstream call on reuse, keys, corrupt shards."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import run_downstream
+import upstream
+from downstream.cache import FeatureCache, cache_key, collate_features
+from downstream.datasets import collate
+from downstream.runner import DownstreamModel, HeadConfig
+from downstream.tasks import get_task
+from tests.layouts import BUILDERS
+from upstream.interface import Upstream
+
+TINY = ["-o", "runner.total_steps=3", "-o", "runner.eval_step=1", "-o", "runner.batch_size=4",
+        "-o", "runner.eval_batch_size=8"]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts clips sent through ``Upstream.forward``."""
+    count = {"clips": 0}
+    forward = Upstream.forward
+
+    def counted(self, wavs):
+        count["clips"] += len(wavs)
+        return forward(self, wavs)
+
+    monkeypatch.setattr(Upstream, "forward", counted)
+    return count
+
+
+def _main(tmp_path, name, *extra):
+    root = tmp_path / "data" / "folder_ds"
+    if not root.exists():  # written once: rewriting the clips would (rightly) change their cache entries
+        root = BUILDERS["folder"](tmp_path / "data")["root"]
+    return run_downstream.main(["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root), "--expdir",
+                                str(tmp_path / "exp"), "--results", str(tmp_path / "r.jsonl"), "-n", name,
+                                "--cache-dir", str(tmp_path / "cache"), *TINY, *extra])
+
+
+def _evals(tmp_path, name):
+    return [json.loads(line) for line in open(tmp_path / "exp" / name / "evals.jsonl")]
+
+
+def test_cached_run_matches_uncached_and_reuses_the_cache(tmp_path, calls):
+    assert _main(tmp_path, "plain", "--no-cache") == 0
+    plain_calls, calls["clips"] = calls["clips"], 0
+    assert not (tmp_path / "cache").exists()
+    assert _main(tmp_path, "cached") == 0
+    first_calls, calls["clips"] = calls["clips"], 0
+    assert _main(tmp_path, "again") == 0
+    assert calls["clips"] == 0  # every split read from disk: the upstream never ran
+    assert 0 < first_calls < plain_calls  # built once (train + dev + test), not once per epoch
+    plain, cached, again = (_evals(tmp_path, n) for n in ("plain", "cached", "again"))
+    np.testing.assert_allclose([e["train_loss"] for e in cached], [e["train_loss"] for e in plain], rtol=2e-3)
+    assert [e["train_loss"] for e in again] == [e["train_loss"] for e in cached]
+    a = torch.load(tmp_path / "exp/plain/last.ckpt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "exp/cached/last.ckpt", weights_only=False)["model"]
+    for k in a:  # after 3 steps the head weights agree to float16 feature precision
+        torch.testing.assert_close(a[k], b[k], rtol=2e-3, atol=2e-4)
+    (key_dir,) = (tmp_path / "cache").iterdir()
+    assert json.loads((key_dir / "key.json").read_text())["selection"] == "hidden_states"
+    assert _main(tmp_path, "layer", "-l", "1") == 0 and calls["clips"] == 0  # -l k shares the all-layer cache
+
+
+def test_key_changes_with_weights_overrides_and_selection():
+    up = upstream.load("ssast_patch_mini")
+    base = cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0]
+    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0] == base
+    assert cache_key(up, "ssast_patch_mini", {"pooling": "cls"}, "hidden_states", 0)[0] != base
+    assert cache_key(up, "ssast_patch_mini", {}, "last_hidden_state", 0)[0] != base
+    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 1)[0] != base  # random init: seed counts
+    with torch.no_grad():
+        up.encoder.pos_embed.add_(1e-3)
+    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0] != base
+    up.checkpoint_sha256 = "a" * 64
+    with_ckpt = cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0]
+    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 1)[0] == with_ckpt  # weights named by the file
+    up.checkpoint_sha256 = "b" * 64
+    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0] != with_ckpt
+
+
+def _cache(tmp_path):
+    data = get_task("folder").read(BUILDERS["folder"](tmp_path / "data")["root"])
+    up = upstream.load("ssast_patch_mini").eval()
+    return data, up, FeatureCache(tmp_path / "cache", up, "ssast_patch_mini", {}, "hidden_states", 0, 4,
+                                  torch.device("cpu"), log=lambda _: None)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "no_meta"])
+def test_corrupt_or_partial_shard_is_rebuilt(tmp_path, calls, damage):
+    data, up, cache = _cache(tmp_path)
+    ds = cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
+    built, calls["clips"] = calls["clips"], 0
+    feats = ds.shard.with_suffix(".f16")
+    good = feats.read_bytes()
+    if damage == "truncate":
+        feats.write_bytes(good[: len(good) // 2])
+    elif damage == "overwrite":
+        feats.write_bytes(bytes(8) + good[8:])
+    else:  # interrupted before the metadata was renamed into place
+        ds.shard.with_suffix(".json").unlink()
+    assert FeatureCache.read_meta(ds.shard) is None
+    again = cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
+    assert calls["clips"] == built and feats.read_bytes() == good
+    assert torch.equal(again[0][0], ds[0][0])
+    with pytest.raises(FileNotFoundError):
+        feats.unlink() or cache.dataset(data, "test", up.sample_rate, train=False, seed=0, build=False)
+
+
+def test_cached_and_live_clips_give_the_wav_path_logits(tmp_path):
+    data, up, cache = _cache(tmp_path)
+    ds = cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
+    ds.live = {1}  # clip 1 goes through the upstream, as a random training crop would
+    model = DownstreamModel(up, data.num_classes, HeadConfig()).eval()
+    items = [ds[i] for i in range(3)]
+    batch, labels, _ = collate_features(items)
+    assert len(batch.live) == 1 and batch.feats.dtype == torch.float16
+    wavs, wav_labels, _ = collate([ds.ds[i] for i in range(3)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(wavs), rtol=1e-2, atol=1e-3)
+        all_live, _, _ = collate_features([ds.ds[i] for i in range(2)])
+        torch.testing.assert_close(model(all_live), model(wavs[:2]), rtol=1e-5, atol=1e-5)
+    assert torch.equal(labels, wav_labels)

@@ -1,0 +1,137 @@
+"""Suites: planning, skipping finished jobs, resuming, shared pretraining, failures reported per job."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark import results
+from benchmark.published import Column, PaperTable, Row, RunSpec
+from benchmark.suites import (SuiteError, SuiteOptions, downstream_argv, ensure_pretrained, is_done, plan,
+                              pretrain_dir, run_suite)
+from tests.layouts import make_esc50, make_speech_commands_v2
+
+TINY = ("runner.total_steps=2", "runner.eval_step=1", "runner.batch_size=4", "runner.eval_batch_size=8")
+MINI = RunSpec("ssast_patch_mini")
+PRETRAIN = RunSpec("ssast_patch_mini", pretrain="configs/pretrain/ssast_patch_mini.yaml",
+                   pretrain_upstream="ssast_patch",
+                   pretrain_overrides=("max_steps=2", "batch_size=2", "ckpt_every=1", "log_every=1"))
+
+
+def _table(*rows: Row, columns=None) -> PaperTable:
+    columns = columns or (Column("ks", "speech_commands_v2", "frozen", "accuracy"),
+                          Column("esc", "esc50", "finetune", "accuracy"))
+    return PaperTable("t", "demo", "test table", "tests", tuple(columns), tuple(rows))
+
+
+def _row(label: str, run: RunSpec | None) -> Row:
+    return Row(label, label, "tests", {}, run)
+
+
+def test_plan_expands_columns_seeds_and_folds_and_skips_rows_without_a_run():
+    table = _table(_row("a", MINI), _row("published_only", None))
+    jobs = plan(table, SuiteOptions(seeds=(1, 2)))
+    assert len(jobs) == 2 * (1 + 5)  # seeds x (KS + 5 ESC folds); the row without a run has no jobs
+    assert {j.label for j in jobs} == {"a"}
+    assert sorted(j.fold for j in jobs if j.task == "esc50") == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert all(j.fold is None for j in jobs if j.task == "speech_commands_v2")
+    assert len({j.expname for j in jobs}) == len(jobs)  # one folder per job
+    only = plan(table, SuiteOptions(tasks=("esc50",), folds=(2, 3)))
+    assert [(j.task, j.mode, j.fold) for j in only] == [("esc50", "finetune", 2), ("esc50", "finetune", 3)]
+
+
+@pytest.mark.parametrize("field,value", [("rows", ("nope",)), ("tasks", ("voxceleb1",)), ("modes", ("x",))])
+def test_plan_rejects_unknown_filters_by_name(field, value):
+    with pytest.raises(SuiteError, match=value[0]):
+        plan(_table(_row("a", MINI)), SuiteOptions(**{field: value}))
+
+
+def test_is_done_matches_label_task_mode_seed_fold_and_checkpoint():
+    job = plan(_table(_row("a", MINI)), SuiteOptions(tasks=("esc50",), folds=(3,)))[0]
+    rec = dict(upstream="ssast_patch_mini", task="esc50", split="test", metric="accuracy", value=0.5, fold=3,
+               mode="finetune", seed=1337, label="a", ckpt_sha256="abc")
+    assert is_done(job, [results.ResultRecord(**rec)], "abc")
+    assert is_done(job, [results.ResultRecord(**rec)], None)
+    assert not is_done(job, [results.ResultRecord(**rec)], "other checkpoint")
+    for key, value in [("fold", 2), ("seed", 1), ("label", "b"), ("split", "dev"), ("mode", "frozen")]:
+        assert not is_done(job, [results.ResultRecord(**{**rec, key: value})], "abc"), key
+
+
+def test_argv_carries_label_fold_checkpoint_config_and_resume(tmp_path):
+    job = plan(_table(_row("a", RunSpec("ssast_patch_mini", overrides=("optimizer.lr=1",), layer=1))),
+               SuiteOptions(tasks=("esc50",), folds=(4,)))[0]
+    opts = SuiteOptions(expdir=str(tmp_path), config_dir="cfgs", downstream_overrides=("runner.log_step=1",),
+                        data_root="D", device="cpu")
+    argv = downstream_argv(job, tmp_path / "up.pt", opts)
+    text = " ".join(argv)
+    for part in ["-u ssast_patch_mini", "-d esc50", "-f", "--fold 4", f"--ckpt {tmp_path / 'up.pt'}",
+                 "--label a", "-l 1", "-c cfgs/esc50_finetune.yaml", "-o optimizer.lr=1 -o runner.log_step=1",
+                 "--data-root D", "--device cpu"]:
+        assert part in text, part
+    assert "--resume" not in argv
+    (tmp_path / "downstream" / "t" / job.expname).mkdir(parents=True)
+    (tmp_path / "downstream" / "t" / job.expname / "last.ckpt").write_bytes(b"")
+    assert downstream_argv(job, None, opts)[-1] == "--resume"
+
+
+def test_suite_runs_every_job_once_then_skips_them(tmp_path):
+    data = tmp_path / "data"
+    make_speech_commands_v2(data)
+    make_esc50(data)
+    table = _table(_row("a", MINI), columns=(Column("ks", "speech_commands_v2", "frozen", "accuracy"),
+                                             Column("esc", "esc50", "frozen", "accuracy")))
+    opts = SuiteOptions(data_root=str(data), folds=(1, 2), expdir=str(tmp_path / "exp"),
+                        results=str(tmp_path / "results.jsonl"), device="cpu", downstream_overrides=TINY)
+    lines = []
+    report = run_suite(table, opts, log=lines.append)
+    assert report.ok and len(report.done) == 3 and not report.skipped
+    recs = results.load(opts.results)
+    tests = sorted((r.task, r.fold) for r in recs if r.split == "test")
+    assert tests == [("esc50", 1), ("esc50", 2), ("speech_commands_v2", None)]
+    assert {r.label for r in recs} == {"a"}
+    again = run_suite(table, opts, log=lines.append)
+    assert len(again.skipped) == 3 and not again.done
+    assert len(results.load(opts.results)) == len(recs)  # nothing appended the second time
+
+
+def test_failed_job_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    make_speech_commands_v2(data)
+    monkeypatch.setenv("ASTBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    table = _table(_row("missing", RunSpec("ssast_patch_400", ckpt="SSAST-Base-Patch-400.pth")), _row("ok", MINI),
+                   columns=(Column("ks", "speech_commands_v2", "frozen", "accuracy"),))
+    opts = SuiteOptions(data_root=str(data), expdir=str(tmp_path / "exp"), results=str(tmp_path / "r.jsonl"),
+                        device="cpu", downstream_overrides=TINY)
+    report = run_suite(table, opts, log=lambda _: None)
+    assert [j.label for j in report.done] == ["ok"]
+    (job, why), = report.failed
+    assert job.label == "missing" and "SSAST-Base-Patch-400.pth" in why
+
+
+def test_pretraining_is_shared_resumed_and_needs_data(tmp_path):
+    import soundfile as sf
+    import torch
+
+    opts = SuiteOptions(expdir=str(tmp_path / "exp"))
+    with pytest.raises(SuiteError, match="pretrain-data"):
+        ensure_pretrained(PRETRAIN, opts)
+    audio = tmp_path / "unlabeled"
+    audio.mkdir()
+    for i in range(4):
+        sf.write(audio / f"{i}.wav", (0.1 * torch.randn(32000)).numpy(), 16000)
+    opts.pretrain_data = str(audio)
+    out = ensure_pretrained(PRETRAIN, opts, log=lambda _: None)
+    assert out == pretrain_dir(PRETRAIN, opts) / "upstream.pt" and out.is_file()
+    stamp = out.stat().st_mtime_ns
+    assert ensure_pretrained(PRETRAIN, opts, log=lambda _: None) == out and out.stat().st_mtime_ns == stamp
+    other = RunSpec(**{**PRETRAIN.__dict__, "pretrain_overrides": PRETRAIN.pretrain_overrides + ("seed=2",)})
+    assert pretrain_dir(other, opts) != pretrain_dir(PRETRAIN, opts)
+    # a run stopped early (as after a kill) is resumed to max_steps, not taken as finished
+    longer = RunSpec(**{**PRETRAIN.__dict__, "pretrain_overrides": ("max_steps=3", "batch_size=2",
+                                                                     "ckpt_every=1", "log_every=1")})
+    import run_pretrain
+
+    d = pretrain_dir(longer, opts)
+    assert run_pretrain.main(["-u", "ssast_patch", "-c", "configs/pretrain/ssast_patch_mini.yaml", "--data",
+                              str(audio), "-n", d.name, "--expdir", str(d.parent), "--stop-at-step", "1",
+                              *sum((["-o", o] for o in longer.pretrain_overrides), [])]) == 0
+    ensure_pretrained(longer, opts, log=lambda _: None)
+    assert torch.load(d / "last.ckpt", weights_only=False)["step"] == 3
