@@ -1,7 +1,7 @@
 """Pretrain an SSAST / MAE-AST / ASiT encoder on unlabeled audio (the loop is ``upstream/pretrain.py``).
 
     python run_pretrain.py -u ssast_patch -c configs/pretrain/ssast_patch_400.yaml --data DIR_OR_MANIFEST \\
-        -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu]
+        -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu] [--fbank-cache DIR]
     torchrun --nproc_per_node 4 run_pretrain.py ...          # DDP: batch_size stays the global batch
 
 Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``upstream.pt`` (loads with
@@ -55,6 +55,8 @@ def resolve_config(args: argparse.Namespace) -> PretrainConfig:
         cfg.data.path = args.data
     if args.device is not None:
         cfg.device = args.device
+    if args.fbank_cache is not None:
+        cfg.data.fbank_cache = args.fbank_cache
     return cfg
 
 
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint and exit after N steps in all (schedules still end at max_steps)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     p.add_argument("--expdir", default="exp/pretrain", help="parent folder of experiments")
+    p.add_argument("--fbank-cache", metavar="DIR",
+                   help="precompute the recipe's fbank of every file once into DIR (memory-mapped shards) and "
+                        "train on crops of it instead of decoding audio (= -o data.fbank_cache=DIR)")
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,

@@ -262,6 +262,13 @@ def test_visible_indices_round_trip():
     assert torch.equal(restored[~mask], x[~mask]) and restored[mask].isnan().all()
 
 
+def test_indices_with_a_known_count_match_the_checked_ones_and_nonzero():
+    mask = M.cluster_mask(3, (8, 12), 50, generator=gen())
+    for a, b in zip(M.visible_indices(mask), M.visible_indices(mask, num_masked=50)):
+        assert torch.equal(a, b)
+    assert torch.equal(M.masked_indices(mask, 50), mask.nonzero()[:, 1].view(3, 50))
+
+
 def test_visible_indices_rejects_unequal_counts():
     mask = torch.zeros(2, 5, dtype=torch.bool)
     mask[0, :2] = True

@@ -46,7 +46,9 @@ def test_ssast_masks_exactly_mask_patch_tokens(mask_patch):
     o = ssast.build_objective(dict(family="ssast", token="patch", size="mini", mask_patch=mask_patch, input_tdim=128))
     x = torch.randn(3, 128, 128)
     tokens = o.encoder.tokenize(x)
-    hidden, tgt = o._masked_pass(tokens, torch.zeros(3, tokens.shape[1], 256), torch.Generator().manual_seed(1))
+    mask = o.draw_mask(3, torch.Generator().manual_seed(1), x.device)
+    assert (mask.sum(1) == mask_patch).all()
+    hidden, tgt = o._masked_pass(tokens, torch.zeros(3, tokens.shape[1], 256), mask)
     assert hidden.shape == (3, mask_patch, 64) and tgt.shape == (3, mask_patch, 256)
 
 
@@ -99,6 +101,36 @@ def test_asit_teacher_is_an_ema_of_the_student_and_gets_no_gradient():
     assert torch.allclose(o.teacher.norm.bias, 0.9 * before + 0.1 * o.encoder.norm.bias, atol=1e-6)
     up = o.to_upstream()
     assert torch.equal(up.encoder.norm.bias, o.teacher.norm.bias)
+
+
+def test_asit_centres_update_once_per_step_from_all_micro_batches():
+    """DINO ``update_center``: the mean teacher output of the whole step, one EMA per optimizer step."""
+    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+                                  center_momentum=0.5))
+    x = torch.randn(4, 2, 96, 128)
+    with torch.no_grad():
+        o(x[:2], None, torch.Generator().manual_seed(0))
+        assert o.center_cls.abs().sum() == 0  # forward alone never moves the centres
+        o(x[2:], None, torch.Generator().manual_seed(1))
+        t = o.teacher.forward_features(x.flatten(0, 1))  # (B*V, 1+N, D)
+        t_cls, t_data = o.teacher_head(t[:, 0], t[:, 1:])
+    o.after_step(0, 10)
+    torch.testing.assert_close(o.center_cls, 0.5 * t_cls.mean(0, keepdim=True), rtol=0, atol=1e-6)
+    torch.testing.assert_close(o.center_data, 0.5 * t_data.mean((0, 1), keepdim=True), rtol=0, atol=1e-6)
+    before = o.center_cls.clone()
+    o.after_step(1, 10)  # no forward since the last step: the centres stay
+    assert torch.equal(o.center_cls, before)
+    o.eval()
+    with torch.no_grad():
+        o(x, None, torch.Generator().manual_seed(0))  # evaluation forwards do not feed the centres
+    assert o._center_sums is None
+
+
+def test_asit_reconstruction_head_equals_the_official_transposed_conv():
+    head = asit.RECHead(32, 16, 8)
+    x = torch.randn(2, 6 * 8, 32)  # (B, n_t * n_f, D), time-major
+    ref = head.conv_trans(head.mlp(x).reshape(2, 6, 8, -1).permute(0, 3, 1, 2)).squeeze(1)  # (B, 96, 128)
+    torch.testing.assert_close(head(x, 6, 8), ref, rtol=1e-5, atol=1e-6)
 
 
 def _train(o, x, steps=30, lr=2e-3):

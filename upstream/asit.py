@@ -24,6 +24,7 @@ from .interface import Upstream, UpstreamConfig, upstream_with_weights
 from .masking import asit_corrupt
 from .objective import Objective, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
+from .tokenizer import unpatchify
 
 SIZES = {  # vision_transformer.py vit_small / vit_base; 'mini' is a test-size model of this project
     "mini": dict(embed_dim=64, depth=2, num_heads=4),
@@ -123,19 +124,26 @@ class CLSHead(nn.Module):
 
 
 class RECHead(nn.Module):
-    """Patch tokens -> MLP -> transposed conv back to the spectrogram (one 16x16 patch per token)."""
+    """Patch tokens -> MLP -> transposed conv back to the spectrogram (one 16x16 patch per token).
+
+    With kernel = stride the transposed conv maps each token to its own patch, i.e. a linear layer; it runs
+    as one (here: ``(B*N, C) @ (C, 256)``) matmul on the official ``conv_trans`` weight ``(C, 1, 16, 16)``.
+    The conv's backward returned that weight's gradient with other strides on its size-1 dim, which made
+    DDP warn ("grad strides do not match bucket view strides") and copy it every step.
+    """
 
     def __init__(self, dim: int, hidden: int, bottleneck: int, patch: int = 16):
         super().__init__()
+        self.patch = patch
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
         self.conv_trans = nn.ConvTranspose2d(bottleneck, 1, kernel_size=patch, stride=patch)
 
     def forward(self, patches: torch.Tensor, n_t: int, n_f: int) -> torch.Tensor:
         """(B, N, D) time-major tokens -> (B, n_t*16, n_f*16) spectrogram."""
-        B = patches.shape[0]
-        x = self.mlp(patches).reshape(B, n_t, n_f, -1).permute(0, 3, 1, 2)  # (B, C, n_t, n_f)
-        return self.conv_trans(x).squeeze(1)
+        w, b = self.conv_trans.weight, self.conv_trans.bias  # (C, 1, p, p), (1,)
+        x = self.mlp(patches) @ w.flatten(1) + b  # (B, N, p*p), patch flattened time-outer
+        return unpatchify(x, n_f, n_t, self.patch, self.patch, "time_major")
 
 
 class ASiTObjective(Objective):
@@ -163,6 +171,10 @@ class ASiTObjective(Objective):
         self.register_buffer("center_cls", torch.zeros(1, cfg.out_dim_cls))
         self.register_buffer("center_data", torch.zeros(1, 1, cfg.out_dim_data))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # Teacher-output sums of the optimizer step under way: [sum cls (K_cls), sum patch (K_data), n_cls,
+        # n_patch]. A plain attribute, not a buffer: DDP broadcasts rank 0's buffers before every forward,
+        # which would overwrite the other ranks' sums. Reset by after_step.
+        self._center_sums: torch.Tensor | None = None
         self.frontend = FbankConfig.asit(cfg.num_frames)
         self.frontend.norm_mean, self.frontend.norm_std = cfg.norm_mean, cfg.norm_std
         self.crop_secs = cfg.crop_secs
@@ -176,11 +188,14 @@ class ASiTObjective(Objective):
         up.encoder.load_state_dict(self.teacher.state_dict())  # DINO-style: the teacher is evaluated
         return up
 
-    def teacher_temp(self) -> float:
-        c, s = self.cfg, int(self.step)
-        if s < c.warmup_teacher_temp_steps:
-            return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * s / c.warmup_teacher_temp_steps
-        return c.teacher_temp
+    def teacher_temp(self) -> torch.Tensor:
+        """Linear warm-up ``warmup_teacher_temp -> teacher_temp`` over ``warmup_teacher_temp_steps`` (DINO
+        ``teacher_temp_schedule``); a 0-d tensor computed on the device, so reading it never syncs."""
+        c = self.cfg
+        if c.warmup_teacher_temp_steps <= 0:
+            return torch.full((), c.teacher_temp, device=self.step.device)  # a fill kernel, no host copy
+        frac = (self.step.float() / c.warmup_teacher_temp_steps).clamp(max=1.0)
+        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * frac
 
     def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
         """fbank (B, 2, T, F): two normalised views per clip -> (loss, logs)."""
@@ -213,29 +228,51 @@ class ASiTObjective(Objective):
             rec_loss = ((rec.float() - clean[:, : n_t * 16, : n_f * 16].float()).abs() * m).sum() / m.sum().clamp(min=1)
             loss, logs["recon"] = loss + c.recon_weight * rec_loss, rec_loss.detach()
         if self.training:
-            self._update_centers(t_cls.float(), t_data.float())
-        logs["teacher_temp"] = torch.tensor(tt)
+            self._accumulate_center_stats(t_cls, t_data)
+        logs["teacher_temp"] = tt.detach()
         return loss, logs
 
     @torch.no_grad()
-    def _update_centers(self, t_cls: torch.Tensor, t_data: torch.Tensor) -> None:
-        cls_mean, data_mean = t_cls.mean(0, keepdim=True), t_data.mean((0, 1), keepdim=True)
+    def _accumulate_center_stats(self, t_cls: torch.Tensor, t_data: torch.Tensor) -> None:
+        """Add this micro-batch's teacher outputs to the step's sums; the centres move in after_step."""
+        n_cls, n_data = t_cls.shape[0], t_data.shape[0] * t_data.shape[1]
+        counts = [torch.full((1,), n, dtype=torch.float32, device=t_cls.device) for n in (n_cls, n_data)]
+        sums = torch.cat([t_cls.float().sum(0), t_data.float().sum((0, 1)), *counts])  # (K_cls + K_data + 2,)
+        self._center_sums = sums if self._center_sums is None else self._center_sums + sums
+
+    @torch.no_grad()
+    def update_centers(self) -> None:
+        """DINO ``update_center``, once per optimizer step: the mean teacher output over the whole global
+        batch (all micro-batches, all-reduced over ranks), then an EMA with ``center_momentum``.
+
+        Moving the centres inside ``forward`` instead would move them once per micro-batch, so gradient
+        accumulation and DDP runs of the same global batch would drift apart.
+        """
+        sums, self._center_sums = self._center_sums, None
+        if sums is None:  # no training forward since the last update
+            return
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for x in (cls_mean, data_mean):
-                torch.distributed.all_reduce(x)
-                x /= torch.distributed.get_world_size()
+            torch.distributed.all_reduce(sums)  # every rank calls after_step at every step
+        k_cls = self.center_cls.shape[-1]
+        n_cls, n_data = sums[-2], sums[-1]
+        cls_mean = (sums[:k_cls] / n_cls.clamp(min=1)).view_as(self.center_cls)  # (1, K_cls)
+        data_mean = (sums[k_cls:-2] / n_data.clamp(min=1)).view_as(self.center_data)  # (1, 1, K_data)
         m = self.cfg.center_momentum
         self.center_cls.mul_(m).add_(cls_mean, alpha=1 - m)
         self.center_data.mul_(m).add_(data_mean, alpha=1 - m)
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        """EMA teacher with the cosine momentum schedule m0 -> 1 (DINO ``cosine_scheduler``)."""
+        """Once per optimizer step: the centres (see :meth:`update_centers`), then the EMA teacher with the
+        cosine momentum schedule m0 -> 1 (DINO ``cosine_scheduler``), as DINO's ``train_one_epoch`` orders
+        them (the centre update belongs to the loss of the step just taken)."""
+        self.update_centers()
         m0 = self.cfg.momentum_teacher
         m = 1 - (1 - m0) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
-        for dst, src in ((self.teacher, self.encoder), (self.teacher_head, self.head)):
-            for pt, ps in zip(dst.parameters(), src.parameters()):
-                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+        teacher = [*self.teacher.parameters(), *self.teacher_head.parameters()]
+        student = [p.detach() for p in (*self.encoder.parameters(), *self.head.parameters())]
+        torch._foreach_mul_(teacher, m)  # one multi-tensor kernel instead of one per parameter
+        torch._foreach_add_(teacher, student, alpha=1 - m)
         self.step += 1
 
 

@@ -22,7 +22,8 @@ from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig, upstream_with_weights
 from .tokenizer import patchify
 from .layers import Block, sinusoid_pos_embed
-from .masking import chunk_mask, gather_tokens, mae_ast_num_masked, mae_random_mask, visible_indices
+from .masking import (chunk_mask, gather_tokens, mae_ast_num_masked, mae_random_mask, masked_indices,
+                      visible_indices)
 from .objective import Objective, info_nce, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
@@ -153,14 +154,14 @@ class MAEASTObjective(Objective):
                               generator=generator, device=fbank.device)
         else:
             mask = mae_random_mask(B, N, c.mask_ratio, generator=generator, device=fbank.device)  # (B, N)
-        ids_keep, ids_restore = visible_indices(mask)
+        ids_keep, ids_restore = visible_indices(mask, num_masked)  # (B, N_vis), (B, N)
         visible = gather_tokens(enc.add_position(tokens), ids_keep)  # (B, N_vis, D): positions added first
         _, latent = enc.forward_blocks(visible, indices=[])  # post-norm: the last layer's output
         # decoder input: encoder outputs back in place, the shared mask token elsewhere, fresh positions
         full = torch.cat([latent, self.decoder_mask_emb.to(latent.dtype).expand(B, num_masked, D)], dim=1)
         full = gather_tokens(full, ids_restore) + sinusoid_pos_embed(N, D, full.device, full.dtype)
         out = self.decoder(full)  # (B, N, D)
-        ids_masked = mask.nonzero()[:, 1].view(B, num_masked)
+        ids_masked = masked_indices(mask, num_masked)  # (B, M)
         out_m, tgt_m = gather_tokens(out, ids_masked), gather_tokens(target, ids_masked)  # (B, M, *)
         recon = torch.mean((self.final_proj_reconstruction(out_m).float() - tgt_m.float()) ** 2)
         loss, logs = c.recon_weight * recon, {"recon": recon.detach()}

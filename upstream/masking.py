@@ -46,6 +46,7 @@ __all__ = [
     "gmml_corrupt",
     "mae_ast_num_masked",
     "mae_random_mask",
+    "masked_indices",
     "random_mask",
     "ssast_mask",
     "visible_indices",
@@ -336,7 +337,7 @@ def chunk_mask(batch: int, grid: Sequence[int], mask_ratio: float = 0.75,
 # --------------------------------------------------------------------------------------------------
 # Dropping masked tokens (MAE-AST encoder input)
 # --------------------------------------------------------------------------------------------------
-def visible_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def visible_indices(mask: torch.Tensor, num_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the visible tokens, and the permutation that restores token order.
 
     The argsort trick of facebookresearch/mae: a stable sort of the mask puts the visible ids first
@@ -345,23 +346,40 @@ def visible_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Args:
         mask: (B, N) bool, True = masked, the same number of True in every row.
+        num_masked: that number, when the caller knows it (MAE-AST does). Given, the row counts are
+            trusted, not checked, and the host never waits for the device; None counts them (a sync).
 
     Returns:
         ids_keep: (B, N_vis) long, visible token ids in increasing order.
         ids_restore: (B, N) long; ``cat([visible, masked], 1)`` gathered with it is in token order.
 
     Raises:
-        ValueError: if ``mask`` is not 2-D bool or the rows mask different numbers of tokens.
+        ValueError: if ``mask`` is not 2-D bool or (``num_masked`` None) the rows mask different numbers
+            of tokens.
     """
     if mask.dim() != 2 or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a (B, N) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
-    counts = mask.sum(1)  # (B,)
-    if bool((counts != counts[0]).any()):
-        raise ValueError(f"every row must mask the same number of tokens, got counts {counts.tolist()}")
+    if num_masked is None:
+        counts = mask.sum(1)  # (B,)
+        if bool((counts != counts[0]).any()):
+            raise ValueError(f"every row must mask the same number of tokens, got counts {counts.tolist()}")
+        num_masked = int(counts[0])
     ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # (B, N) visible first
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N)
-    num_visible = mask.shape[1] - int(counts[0])
-    return ids_shuffle[:, :num_visible], ids_restore
+    return ids_shuffle[:, :mask.shape[1] - num_masked], ids_restore
+
+
+def masked_indices(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
+    """Ids of the masked tokens in increasing order, ``mask.nonzero()`` per row without its host sync.
+
+    Args:
+        mask: (B, N) bool, True = masked, exactly ``num_masked`` True per row (not checked).
+        num_masked: M.
+
+    Returns:
+        (B, M) long.
+    """
+    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :num_masked]  # masked first
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,11 @@ Reproducibility contract (what makes resume and multi-GPU runs exact):
 * The reported loss of a step is the mean of its micro-batch losses (all-reduced over ranks); the gradient is
   that of this mean. One exception to rank-independence: under DDP, BatchNorm running statistics (used only
   at feature-extraction time) come from rank 0's micro-batches, as DDP broadcasts buffers.
+* The host waits for the device only every ``log_every`` steps, at checkpoints and at the end (and at the
+  end of each ``plateau_halving`` window): losses and logs stay on the device until then, when one
+  all-reduce and one copy bring them, the signal flag and the count of new unusable files back together.
+  A non-finite loss is therefore seen up to ``log_every`` steps late; no checkpoint is written after it,
+  so the last good checkpoint is kept as before, and the error names the step where it first appeared.
 * ``objective.after_step(i, max_steps)`` gets the 0-based index ``i`` of the update just applied (DINO's
   ``it``); ``losses.jsonl`` and checkpoints count completed updates (``step = i + 1``).
 """
@@ -85,6 +90,9 @@ class DataConfig:
     # otherwise the front end pads the fbank (SSAST pads to target_length with normalised zeros).
     pad_to_crop: bool = False
     roll_prob: float = 0.0  # chance of a random circular shift of the clip before cropping (ASiT: 0.5)
+    # Folder of precomputed fbank shards (upstream/fbank_cache.py), built on first use: train on crops read
+    # from memory-mapped features instead of decoding audio. "" decodes every step.
+    fbank_cache: str = ""
 
 
 @dataclass
@@ -124,7 +132,9 @@ class PretrainConfig:
     batch_size: int = 8  # global clips per optimizer step, over all ranks and accumulation slots
     grad_accum: int = 1  # micro-batches per rank per step (see the module docstring)
     max_steps: int = 1000  # optimizer steps of the whole run; the lr / wd schedules end here
-    log_every: int = 10  # tensorboard / log-line interval (losses.jsonl gets every step)
+    # tensorboard / log-line interval, and how often the host waits for the device (losses.jsonl still
+    # gets every step, written at those points)
+    log_every: int = 10
     ckpt_every: int = 1000
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -542,8 +552,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     files = list_audio_files(cfg.data.path, cfg.data.min_secs)
     fe: FbankConfig = raw.frontend
     min_samples = int(fe.sample_rate * fe.frame_length_ms / 1000)  # one fbank window
-    dataset = UnlabeledAudio(files, fe.sample_rate, raw.crop_secs, raw.num_views, cfg.seed, cfg.data,
-                             min_samples)
+    if cfg.data.fbank_cache:
+        dataset, collate = _cached_dataset(cfg, files, fe, raw, min_samples, rank, world)
+    else:
+        dataset = UnlabeledAudio(files, fe.sample_rate, raw.crop_secs, raw.num_views, cfg.seed, cfg.data,
+                                 min_samples)
+        collate = collate_views
     fbank = Fbank(fe).to(device)
     optimizer = _make_optimizer(raw, cfg.optim, device)
     schedule = Schedule(cfg.optim, cfg.max_steps)
@@ -565,7 +579,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
     sampler = StepBatchSampler(len(files), cfg.batch_size, cfg.seed, start, stop, rank, world)
     workers = cfg.data.num_workers
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views, num_workers=workers,
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     model = raw
     if world > 1:
@@ -588,24 +602,34 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
                  cfg.data.path, start, stop, cfg.batch_size, world, cfg.grad_accum,
                  cfg.batch_size // (world * cfg.grad_accum), "bf16 autocast" if use_bf16 else "fp32", device)
     step, stopped_by, last_loss, saved_at = start, None, math.nan, (start if resume else None)
+    pending: list[tuple[int, float, float, list[str], Tensor]] = []  # steps whose stats are on the device
+    pending_bad: list[tuple[str, str]] = []  # unusable files this rank met since the last sync
     batches = iter(loader)
     try:
         with _StopFlag() as flag:
             while step < stop:
                 wavs, lengths, bad = next(batches)
-                new_bad = [(p, r) for p, r in bad if p not in skipped]
+                pending_bad += [(p, r) for p, r in bad if p not in skipped]
                 lr, wd = schedule.apply(optimizer, step)
-                loss, logs, (signals, bad_count) = _train_step(
-                    model, raw, fbank, wavs, lengths, optimizer, cfg, step, rank, world, device, use_bf16,
-                    flags=[float(flag.signal is not None), float(len(new_bad))])
-                if bad_count:  # rare: share the new unusable files so rank 0 records all of them
-                    _record_skipped(skipped, new_bad, world, rank == 0)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(step + 1, loss, str(out))
+                keys, stats = _train_step(model, raw, fbank, wavs, lengths, optimizer, cfg, step, rank, world,
+                                          device, use_bf16)
                 raw.after_step(step, cfg.max_steps)
-                schedule.observe(step, loss)
-                step, last_loss = step + 1, loss
-                report.step(step, loss, lr, wd, logs, len(skipped))
+                step += 1
+                pending.append((step, lr, wd, keys, stats))
+                if not _sync_due(step, stop, cfg):
+                    continue
+                rows, (signals, bad_count) = _gather_stats(
+                    pending, [float(flag.signal is not None), float(len(pending_bad))], world, device)
+                pending = []
+                if bad_count:  # rare: share the new unusable files so rank 0 records all of them
+                    _record_skipped(skipped, pending_bad, world, rank == 0)
+                pending_bad = []
+                for done, row_lr, row_wd, loss, logs in rows:
+                    if not math.isfinite(loss):
+                        raise NonFiniteLossError(done, loss, str(out))
+                    schedule.observe(done - 1, loss)
+                    report.step(done, loss, row_lr, row_wd, logs, len(skipped))
+                    last_loss = loss
                 if step % cfg.ckpt_every == 0:
                     save(step)
                     saved_at = step
@@ -629,12 +653,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
 
 
 def _train_step(model, raw, fbank: Fbank, wavs: Tensor, lengths: Tensor, optimizer, cfg: PretrainConfig,
-                step: int, rank: int, world: int, device: torch.device, use_bf16: bool,
-                flags: list[float]) -> tuple[float, dict, list[float]]:
-    """One optimizer step over this rank's ``grad_accum`` micro-batches.
+                step: int, rank: int, world: int, device: torch.device,
+                use_bf16: bool) -> tuple[list[str], Tensor]:
+    """One optimizer step over this rank's ``grad_accum`` micro-batches, without waiting for the device.
 
-    Returns the loss and logs averaged over all micro-batches of all ranks, and ``flags`` summed over ranks
-    (they ride on the same all-reduce, so stopping and bookkeeping cost no extra collective).
+    Returns the sorted log names and this rank's ``[loss, *logs]`` averaged over its micro-batches, a
+    tensor left on the device (see :func:`_gather_stats`).
     """
     micro = wavs.shape[0] // cfg.grad_accum
     total = torch.zeros((), device=device)
@@ -643,10 +667,15 @@ def _train_step(model, raw, fbank: Fbank, wavs: Tensor, lengths: Tensor, optimiz
         m = rank * cfg.grad_accum + a  # global micro-batch index: positions [m*micro, (m+1)*micro) of step
         # the micro-batch's own padding, so its features do not depend on what else the rank holds
         lens = lengths[a * micro:(a + 1) * micro]  # (b, V), on the host
-        w = wavs[a * micro:(a + 1) * micro, :, : int(lens.max())].to(device, non_blocking=True)  # (b, V, S)
-        with torch.no_grad():
-            feats, frames = fbank(w.flatten(0, 1), lens.flatten().to(device, non_blocking=True))
-        feats, frames = feats.unflatten(0, w.shape[:2]), frames.view(w.shape[:2])  # (b, V, T, F), (b, V)
+        if wavs.dim() == 4:  # fbank from the cache (B, V, T, F); variable length: cut to the longest clip
+            T = wavs.shape[2] if fbank.config.target_length else int(lens.max())
+            feats = wavs[a * micro:(a + 1) * micro, :, :T].to(device, non_blocking=True)  # (b, V, T, F)
+            frames = lens.to(device, non_blocking=True)  # (b, V)
+        else:
+            w = wavs[a * micro:(a + 1) * micro, :, : int(lens.max())].to(device, non_blocking=True)  # (b,V,S)
+            with torch.no_grad():
+                feats, frames = fbank(w.flatten(0, 1), lens.flatten().to(device, non_blocking=True))
+            feats, frames = feats.unflatten(0, w.shape[:2]), frames.view(w.shape[:2])  # (b, V, T, F), (b, V)
         if raw.num_views == 1:
             feats, frames = feats[:, 0], frames[:, 0]  # (b, T, F), (b,)
         gen = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, step, m, 0))
@@ -658,23 +687,65 @@ def _train_step(model, raw, fbank: Fbank, wavs: Tensor, lengths: Tensor, optimiz
             (loss.float() / cfg.grad_accum).backward()
         total += loss.detach().float() / cfg.grad_accum
         for k, v in logs.items():
-            v = torch.as_tensor(v, device=device).detach().float() / cfg.grad_accum
-            log_sums[k] = log_sums[k] + v if k in log_sums else v
-    keys = sorted(log_sums)
-    stats = torch.cat([torch.stack([total, *(log_sums[k] for k in keys)]) / world,
-                       torch.tensor(flags, device=device)])
-    if world > 1:
-        dist.all_reduce(stats)
-    values = stats.tolist()  # the one host sync of the step
-    loss, logs, flags = values[0], dict(zip(keys, values[1:1 + len(keys)])), values[1 + len(keys):]
-    if not math.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        return loss, logs, flags
+            # a Python number becomes a device tensor by a fill kernel, not a (synchronising) host copy
+            v = (v.detach().float().to(device) if torch.is_tensor(v)
+                 else torch.full((), float(v), device=device))
+            log_sums[k] = log_sums[k] + v / cfg.grad_accum if k in log_sums else v / cfg.grad_accum
     if cfg.optim.clip_grad:
-        logs["grad_norm"] = float(nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.clip_grad))
+        log_sums["grad_norm"] = nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.clip_grad).float()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, logs, flags
+    keys = sorted(log_sums)
+    return keys, torch.stack([total, *(log_sums[k] for k in keys)])
+
+
+def _sync_due(step: int, stop: int, cfg: PretrainConfig) -> bool:
+    """Whether the host reads the device after ``step`` completed updates (same answer on every rank)."""
+    o = cfg.optim
+    plateau_end = (o.schedule == "plateau_halving" and step > o.warmup_steps
+                   and (step - o.warmup_steps) % o.plateau_every == 0)  # Schedule.observe needs the window
+    return step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == stop or plateau_end
+
+
+def _gather_stats(pending: list[tuple[int, float, float, list[str], Tensor]], flags: list[float], world: int,
+                  device: torch.device) -> tuple[list[tuple[int, float, float, float, dict]], list[float]]:
+    """Bring the pending steps' stats to the host: one all-reduce (mean over ranks) and one copy.
+
+    Returns ``(step, lr, wd, loss, logs)`` per pending step and ``flags`` summed over ranks (they ride on the
+    same all-reduce, so stopping and bookkeeping cost no extra collective).
+    """
+    stats = torch.cat([p[4] for p in pending]) / world
+    flat = torch.cat([stats, torch.tensor(flags, device=device)])
+    if world > 1:
+        dist.all_reduce(flat)
+    values = flat.tolist()  # the host waits for the device here, and only here
+    rows, at = [], 0
+    for done, lr, wd, keys, _ in pending:
+        loss, logs = values[at], dict(zip(keys, values[at + 1:at + 1 + len(keys)]))
+        rows.append((done, lr, wd, loss, logs))
+        at += 1 + len(keys)
+    return rows, values[at:]
+
+
+def _cached_dataset(cfg: PretrainConfig, files: list[str], fe: FbankConfig, raw, min_samples: int, rank: int,
+                    world: int):
+    """The fbank-cache dataset and its collate function; rank 0 builds or updates the cache first."""
+    import functools
+
+    from .fbank_cache import CachedFbank, build_cache, collate_fbank, pad_value
+
+    root = Path(cfg.data.fbank_cache)
+    if rank == 0:
+        build_cache(root, files, fe, cfg.data.resample, max(min_samples, math.ceil(cfg.data.min_secs *
+                                                                                   fe.sample_rate)), log)
+    if world > 1:
+        dist.barrier()  # the other ranks read the index rank 0 wrote
+    index = json.loads((root / "index.json").read_text(encoding="utf-8"))
+    if cfg.data.pad_to_crop and rank == 0:
+        log.warning("data.pad_to_crop is not reproduced by the fbank cache: short clips are padded as the "
+                    "front end pads its target length")
+    dataset = CachedFbank(root, index, files, fe, raw.crop_secs, raw.num_views, cfg.seed, cfg.data.roll_prob)
+    return dataset, functools.partial(collate_fbank, pad=pad_value(fe), target_length=fe.target_length)
 
 
 def _record_skipped(skipped: dict[str, str], new: list[tuple[str, str]], world: int, report: bool) -> None:

@@ -18,10 +18,9 @@ from .checkpoint import CheckpointError, RawCheckpoint, read_checkpoint
 from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig
-from .masking import gather_tokens
 from .tokenizer import patchify
 from .layers import ssast_adapt_pos_embed
-from .masking import ssast_mask
+from .masking import gather_tokens, masked_indices, ssast_mask
 from .objective import Objective, info_nce, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
@@ -149,32 +148,40 @@ class SSASTObjective(Objective):
     def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
         """fbank (B, T, F) normalised and padded to ``input_tdim`` -> (loss, logs)."""
         c = self.cfg
+        B = fbank.shape[0]
+        # The masks come first: drawing one may wait for the device (cluster_mask checks its count), and
+        # nothing of the model is queued yet. The official joint step draws a second, independent mask.
+        passes = int(c.objective in ("joint", "discriminative")) + int(c.objective == "generative" or
+                                                                      (c.objective == "joint" and c.two_pass))
+        masks = [self.draw_mask(B, generator, fbank.device) for _ in range(passes)]
         target = patchify(fbank, self.encoder.cfg.fshape, self.encoder.cfg.tshape, "freq_major")  # (B, N, p)
         tokens = self.encoder.tokenize(fbank)  # (B, N, D)
         logs = {}
         loss = tokens.new_zeros(())
         if c.objective in ("joint", "discriminative"):
-            hidden, tgt = self._masked_pass(tokens, target, generator)
+            hidden, tgt = self._masked_pass(tokens, target, masks[0])
             nce, acc = info_nce(self.cpredlayer(hidden), tgt)
             loss = loss + nce
             logs.update(nce=nce.detach(), masked_acc=acc)
         if c.objective in ("joint", "generative"):
-            if c.objective != "joint" or c.two_pass:  # the official joint step draws a second, independent mask
-                hidden, tgt = self._masked_pass(tokens, target, generator)
+            if len(masks) == 2 or c.objective == "generative":
+                hidden, tgt = self._masked_pass(tokens, target, masks[-1])
             mse = torch.mean((self.gpredlayer(hidden).float() - tgt.float()) ** 2)
             loss = loss + (c.gen_weight if c.objective == "joint" else 1.0) * mse
             logs.update(mse=mse.detach())
         return loss, logs
 
-    def _masked_pass(self, tokens, target, generator):
-        """One encoder pass with a fresh mask -> (hidden states (B, M, D), target patches (B, M, p)) at the
+    def draw_mask(self, batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """(B, N) bool, True = masked: ``mask_patch`` tokens per clip, clustered or uniform."""
+        return ssast_mask(batch, self.encoder.cfg.grid, self.cfg.mask_patch, cluster=self.cfg.cluster,
+                          generator=generator, device=device)
+
+    def _masked_pass(self, tokens: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+        """One encoder pass with ``mask`` (B, N) -> (hidden states (B, M, D), target patches (B, M, p)) at the
         masked positions."""
-        B, N, D = tokens.shape
-        mask = ssast_mask(B, self.encoder.cfg.grid, self.cfg.mask_patch, cluster=self.cfg.cluster,
-                          generator=generator, device=tokens.device)  # (B, N) True = masked
         x = torch.where(mask[..., None], self.mask_embed.to(tokens.dtype), tokens)
         _, x = self.encoder.forward_blocks(self.encoder.add_position(x), indices=[])  # (B, P+N, D), normed
-        ids = mask.nonzero()[:, 1].view(B, self.cfg.mask_patch)  # (B, M) masked token ids
+        ids = masked_indices(mask, self.cfg.mask_patch)  # (B, M) masked token ids, increasing
         return gather_tokens(x[:, self.encoder.num_prefix_tokens:], ids), gather_tokens(target, ids)
 
 
