@@ -11,7 +11,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build 2.13.0 (the package itself only asks for a range)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,plot]"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -24,10 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .demo_data import DemoSize
 from .published import Column, PaperTable, Row, RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIGS = REPO / "configs" / "demo"
+SOURCE = "python -m benchmark demo"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ FAMILIES = (
 class Setting:
     """One size of the demo. ``pretrain_steps`` is per family; batch sizes are the recipes' own unless set."""
 
-    data_size: str
+    data_size: str | DemoSize  # a benchmark.demo_data.SIZES name or a DemoSize
     pretrain_steps: dict
     pretrain_overrides: tuple[str, ...]
     folds: tuple[int, ...]  # ESC-50 folds evaluated
@@ -63,8 +65,8 @@ class Setting:
 
 
 SETTINGS = {
-    "cpu": Setting("small", {"ssast": 300, "mae_ast": 300, "asit": 150},
-                   ("batch_size=8", "ckpt_every=50", "log_every=25", "optim.warmup_steps=20"), folds=(1, 2, 3, 4, 5)),
+    "cpu": Setting("small", {"ssast": 1200, "mae_ast": 1200, "asit": 600},
+                   ("batch_size=8", "ckpt_every=200", "log_every=100", "optim.warmup_steps=50"), folds=(1, 2, 3, 4, 5)),
     "large": Setting("large", {"ssast": 6000, "mae_ast": 6000, "asit": 4000},
                      ("batch_size=64", "ckpt_every=500", "log_every=100", "optim.warmup_steps=200",
                       "data.num_workers=4"),
@@ -86,19 +88,19 @@ def demo_table(setting: Setting) -> PaperTable:
     rows = []
     for fam in FAMILIES:
         overrides = setting.pretrain_overrides + (f"max_steps={setting.pretrain_steps[fam.name]}",)
-        rows.append(Row(f"{fam.name}_pretrained", f"{fam.title}, pretrained", "demo", empty,
+        rows.append(Row(f"{fam.name}_pretrained", f"{fam.title}, pretrained", SOURCE, empty,
                         RunSpec(fam.upstream, pretrain=fam.recipe, pretrain_upstream=fam.pretrain_upstream,
                                 pretrain_overrides=overrides)))
         if fam.name == "ssast" and setting.ssast_objectives:
             for objective in ("discriminative", "generative"):
-                rows.append(Row(f"ssast_{objective}", f"SSAST patch ({objective} only), pretrained", "demo",
+                rows.append(Row(f"ssast_{objective}", f"SSAST patch ({objective} only), pretrained", SOURCE,
                                 empty, RunSpec(fam.upstream, pretrain=fam.recipe,
                                                pretrain_upstream=fam.pretrain_upstream,
                                                pretrain_overrides=overrides + (f"objective.objective={objective}",))))
-        rows.append(Row(f"{fam.name}_scratch", f"{fam.title}, from scratch", "demo", empty,
+        rows.append(Row(f"{fam.name}_scratch", f"{fam.title}, from scratch", SOURCE, empty,
                         RunSpec(fam.upstream, overrides=fam.scratch_overrides)))
     return PaperTable("demo", "demo", "Demo: self-supervised pretraining vs from scratch on the generated corpus",
-                      "benchmark/demo.py", columns, tuple(rows),
+                      SOURCE, columns, tuple(rows),
                       notes="Accuracy (%) on the generated corpus; ESC is the mean over its folds.")
 
 
@@ -117,21 +119,24 @@ def run(args: argparse.Namespace) -> int:
         from .features_demo import run as features
 
         return features(3.0, args.device or "cpu", None)
+    return run_demo(Path(args.out), SETTINGS["large" if args.large else "cpu"], args.seed, args.device, args.rows)
+
+
+def run_demo(out: Path, setting: Setting, seed: int = 0, device: str | None = None, rows=()) -> int:
+    """Generate, pretrain, evaluate, tabulate and plot into ``out``; 0 when every job succeeded."""
     from . import demo_data, results
     from .suites import SuiteOptions, run_suite
     from .tables import to_csv, to_markdown
 
-    setting = SETTINGS["large" if args.large else "cpu"]
-    out = Path(args.out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    paths = demo_data.generate(out / "data", seed=args.seed, size=setting.data_size)
+    paths = demo_data.generate(out / "data", seed=seed, size=setting.data_size)
     timings["corpus"] = time.perf_counter() - t0
 
     table = demo_table(setting)
     opts = SuiteOptions(data_root=str(paths["root"]), pretrain_data=str(paths["unlabeled"]),
-                        rows=args.rows, folds=setting.folds, expdir=str(out), results=str(out / "results.jsonl"),
-                        device=args.device, config_dir=str(DEMO_CONFIGS),
+                        rows=rows, folds=setting.folds, expdir=str(out), results=str(out / "results.jsonl"),
+                        device=device, cache_dir=str(out / "feature_cache"), config_dir=str(DEMO_CONFIGS),
                         downstream_overrides=setting.downstream_overrides)
     t1 = time.perf_counter()
     report = run_suite(table, opts)

@@ -23,6 +23,9 @@ except ImportError:  # Windows: O_APPEND single writes are still atomic for smal
     fcntl = None
 
 DEFAULT_PATH = Path("results") / "results.jsonl"
+# ESC-50 fold runs re-scored at the one step chosen on the fold-averaged test curve (SSAST get_esc_result.py;
+# ``downstream.metrics.esc50_select_runs``), written by the suites once all five folds of a run are done.
+ESC50_SELECTED_SPLIT = "test@fold-avg-step"
 
 
 @dataclass

@@ -77,6 +77,7 @@ class SuiteOptions:
     expdir: str = "exp/suites"  # <expdir>/pretrain/<run>, <expdir>/downstream/<table>/<job>
     results: str = str(results.DEFAULT_PATH)
     device: str | None = None
+    cache_dir: str | None = None  # run_downstream.py --cache-dir (frozen features; default $ASTBENCH_CACHE)
     config_dir: str | None = None  # <config_dir>/<task>[_finetune].yaml instead of configs/downstream/
     downstream_overrides: Sequence[str] = ()  # -o for every job (after the row's own)
     pretrain_overrides: Sequence[str] = ()  # -o for every pretraining run (after the row's own)
@@ -206,6 +207,8 @@ def downstream_argv(job: Job, ckpt: Path | None, opts: SuiteOptions) -> list[str
         argv += ["--data-root", opts.data_root]
     if opts.device:
         argv += ["--device", opts.device]
+    if opts.cache_dir:
+        argv += ["--cache-dir", opts.cache_dir]
     if (expdir / job.expname / "last.ckpt").is_file():
         argv.append("--resume")
     return argv
@@ -255,10 +258,51 @@ def run_suite(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None] 
             log(f"{tag}: FAILED: {err}")
             if opts.fail_fast:
                 break
+    if rank == 0:
+        select_esc50(jobs, opts, log)
     report.seconds = time.perf_counter() - start
     log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} failed "
         f"in {report.seconds:.0f} s")
     return report
+
+
+def select_esc50(jobs: Sequence[Job], opts: SuiteOptions, log: Callable[[str], None] = print) -> int:
+    """SSAST's ESC-50 selection for every finished 5-fold group of ``jobs``: one step for all folds, chosen on
+    the fold-averaged test curve of their ``evals.jsonl``; appends one ``results.ESC50_SELECTED_SPLIT`` record
+    per fold (a copy of the fold's test record with the value at that step). Returns the records written."""
+    from dataclasses import replace
+
+    from downstream.metrics import esc50_select_runs
+
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.task == "esc50":
+            groups.setdefault((job.table, job.label, job.mode, job.seed), []).append(job)
+    records = results.load(opts.results)
+    written = 0
+    for group in groups.values():
+        group = sorted(group, key=lambda j: j.fold)
+        if [j.fold for j in group] != list(FOLDS["esc50"]):
+            continue  # a sweep restricted to some folds cannot select
+        tests, done = {}, set()
+        for r in records:
+            if r.label == group[0].label and r.task == "esc50" and r.mode == group[0].mode \
+                    and r.seed == group[0].seed and r.upstream == group[0].run.upstream:
+                if r.split == "test":
+                    tests[r.fold] = r  # the file is in time order: the newest wins
+                elif r.split == results.ESC50_SELECTED_SPLIT:
+                    done.add((r.fold, r.ckpt_sha256))
+        if len(tests) < len(group) or all((f, t.ckpt_sha256) in done for f, t in tests.items()):
+            continue
+        expdir = Path(opts.expdir) / "downstream" / _safe(group[0].table)
+        chosen = esc50_select_runs([expdir / j.expname for j in group])
+        for job, value in zip(group, chosen["fold_accuracies"]):
+            results.append(replace(tests[job.fold], split=results.ESC50_SELECTED_SPLIT, value=float(value),
+                                   step=chosen["step"], timestamp=""), opts.results)
+            written += 1
+        log(f"{group[0].label} / esc50 / {group[0].mode} / seed {group[0].seed}: step {chosen['step']} chosen on "
+            f"the fold-averaged test curve, mean accuracy {chosen['mean_accuracy']:.4f}")
+    return written
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -276,6 +320,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expdir", default="exp/suites")
     p.add_argument("--results", default=str(results.DEFAULT_PATH))
     p.add_argument("--device", default=None)
+    p.add_argument("--cache-dir", default=None, help="frozen-feature cache (default $ASTBENCH_CACHE)")
     p.add_argument("-o", "--override", action="append", default=[], help="run_downstream.py -o for every job")
     p.add_argument("--pretrain-override", action="append", default=[], help="run_pretrain.py -o for every run")
     p.add_argument("--fail-fast", action="store_true")
@@ -291,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         table = get_table(args.suite)
         opts = SuiteOptions(data_root=args.data_root, pretrain_data=args.pretrain_data, seeds=args.seeds,
                             rows=args.rows, tasks=args.tasks, modes=args.modes, folds=args.folds,
-                            expdir=args.expdir, results=args.results, device=args.device,
+                            expdir=args.expdir, results=args.results, device=args.device, cache_dir=args.cache_dir,
                             downstream_overrides=args.override, pretrain_overrides=args.pretrain_override,
                             fail_fast=args.fail_fast)
         if args.dry_run:

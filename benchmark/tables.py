@@ -14,7 +14,11 @@ Aggregation (std is the sample std, ``ddof=1``):
   in the column): per seed the mean over folds, then mean ± std over seeds; with one seed, mean ± std over
   its folds. A seed without every fold makes the cell *incomplete*: it shows the mean of what is there
   marked ``*`` with ``[k/n folds]`` (k = folds of the seed with fewest), never as if complete;
-* records of one cell from several checkpoints (``ckpt_sha256``) are flagged ``†`` with a footnote.
+* records of one cell from several checkpoints (``ckpt_sha256``) are flagged ``†`` with a footnote;
+* ESC-50 follows SSAST's selection: one step for all five folds, chosen on the fold-averaged test curve. The
+  suites write those values as records of split ``results.ESC50_SELECTED_SPLIT``; a cell that has them uses
+  only them. A cell with only the per-fold ``test`` records (each fold at its own best step, which is
+  optimistic) is flagged ``‡`` with a footnote.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class CellStats:
     n_folds: int  # folds present in the seed with fewest (0 for tasks without folds)
     expected_folds: int  # folds a complete cell needs per seed (0 for tasks without folds)
     ckpts: frozenset[str]  # distinct ckpt_sha256 of the records used (None counts as "")
+    fold_best: bool = False  # ESC-50 without fold-averaged selection records: each fold at its own best step
 
     @property
     def complete(self) -> bool:
@@ -83,16 +88,21 @@ def _task_folds(task: str) -> tuple[int, ...] | None:
 
 
 def _column_records(records: Iterable[results.ResultRecord], column: Column) -> list[results.ResultRecord]:
-    return [r for r in records if r.split == "test" and r.task == column.task and r.mode == column.mode
+    splits = ("test", results.ESC50_SELECTED_SPLIT) if column.task == "esc50" else ("test",)
+    return [r for r in records if r.split in splits and r.task == column.task and r.mode == column.mode
             and r.metric == column.metric]
 
 
 def cell_stats(records: Sequence[results.ResultRecord], table: PaperTable, row: Row, column: Column) -> CellStats:
     """Aggregate the records of one cell (see the module docstring for the rules)."""
     col_records = _column_records(records, column)
+    mine = [r for r in col_records if r.label == row.label]
+    selected = any(r.split == results.ESC50_SELECTED_SPLIT for r in mine)
+    split = results.ESC50_SELECTED_SPLIT if selected else "test"
+    fold_best = column.task == "esc50" and bool(mine) and not selected
     latest: dict[tuple[int, int | None], results.ResultRecord] = {}
-    for rec in col_records:
-        if rec.label != row.label:
+    for rec in mine:
+        if rec.split != split:
             continue
         key = (rec.seed, rec.fold)
         if key not in latest or _time_key(rec.timestamp) >= _time_key(latest[key].timestamp):
@@ -111,7 +121,7 @@ def cell_stats(records: Sequence[results.ResultRecord], table: PaperTable, row: 
     n_folds = min(len(v) for v in by_seed.values()) if folds else 0
     if folds and n_folds < len(folds):  # incomplete: the mean of what is there, no spread
         mean = statistics.fmean(float(r.value) for r in used)
-        return CellStats(len(used), mean, None, len(by_seed), n_folds, len(folds), ckpts)
+        return CellStats(len(used), mean, None, len(by_seed), n_folds, len(folds), ckpts, fold_best)
     seed_means = [statistics.fmean(v) for v in by_seed.values()]
     if len(seed_means) > 1:
         mean, std = statistics.fmean(seed_means), statistics.stdev(seed_means)
@@ -120,7 +130,7 @@ def cell_stats(records: Sequence[results.ResultRecord], table: PaperTable, row: 
         mean, std = statistics.fmean(values), statistics.stdev(values)
     else:
         mean, std = seed_means[0], None
-    return CellStats(len(used), mean, std, len(by_seed), n_folds, len(folds), ckpts)
+    return CellStats(len(used), mean, std, len(by_seed), n_folds, len(folds), ckpts, fold_best)
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -156,16 +166,29 @@ def _footnotes(table: PaperTable, cells: list[list[_Cell]]) -> list[str]:
         notes.append("* incomplete: k/n folds present (the seed with fewest folds); the mean of what is there.")
     if any(s.mixed_ckpts for s in stats):
         notes.append("† the records of this cell come from more than one checkpoint (ckpt_sha256).")
+    if any(s.fold_best for s in stats):
+        notes.append("‡ ESC-50: each fold at its own best step, not one step chosen on the fold-averaged curve "
+                     "(optimistic; `python -m benchmark run` writes the selected records once all folds ran).")
     return notes
 
 
-def _cell_text(c: _Cell, decimals: int, missing: str, pm: str, star: str, dagger: str, fold_fmt: str) -> str:
+def has_paper_numbers(table: PaperTable) -> bool:
+    """False for tables with no published number at all (the demo's): their cells show ours only."""
+    return any(v is not None for row in table.rows for v in row.values.values())
+
+
+def _cell_text(c: _Cell, decimals: int, missing: str, pm: str, star: str, dagger: str, fold_fmt: str,
+               with_paper: bool = True, ddagger: str = "‡") -> str:
     s = c.stats
     ours = c.ours(decimals, pm) or missing
     if s.n_runs and not s.complete:
         ours += star + fold_fmt.format(k=s.n_folds, n=s.expected_folds)
     if s.mixed_ckpts:
         ours += dagger
+    if s.fold_best:
+        ours += ddagger
+    if not with_paper:
+        return ours
     paper = _fmt(c.paper, decimals)
     if s.n_runs == 0 and paper is None:
         return missing
@@ -176,13 +199,14 @@ def _cell_text(c: _Cell, decimals: int, missing: str, pm: str, star: str, dagger
 def to_markdown(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1) -> str:
     """The table as GitHub markdown: title, source, one ``ours (paper)`` cell per row and column, footnotes."""
     cells = _cells(table, records)
+    paper = has_paper_numbers(table)
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = [f"## {esc(table.title)}", "", f"Source: {esc(table.source)}. Cells: ours (paper); "
-             f"ours = mean ± std (ddof=1) over seeds; {MISSING} = no result.", ""]
+    lines = [f"## {esc(table.title)}", "", f"Source: {esc(table.source)}. Cells: {'ours (paper); ' if paper else ''}"
+             f"ours = mean ± std (ddof=1) over seeds, or over folds with one seed; {MISSING} = no result.", ""]
     lines.append("| Row | " + " | ".join(esc(c.title or c.key) for c in table.columns) + " |")
     lines.append("|---|" + "---|" * len(table.columns))
     for row, line in zip(table.rows, cells):
-        texts = [_cell_text(c, decimals, MISSING, " ± ", "*", "†", " [{k}/{n} folds]") for c in line]
+        texts = [_cell_text(c, decimals, MISSING, " ± ", "*", "†", " [{k}/{n} folds]", paper) for c in line]
         lines.append(f"| {esc(row.paper_label)} | " + " | ".join(texts) + " |")
     foot = _footnotes(table, cells)
     if foot:
@@ -198,7 +222,7 @@ def to_markdown(table: PaperTable, records: Sequence[results.ResultRecord], deci
 
 
 CSV_FIELDS = ["table", "row", "paper_label", "column", "task", "mode", "metric", "ours_mean", "ours_std", "n",
-              "n_seeds", "n_folds", "expected_folds", "complete", "mixed_ckpts", "paper"]
+              "n_seeds", "n_folds", "expected_folds", "complete", "mixed_ckpts", "fold_best", "paper"]
 
 
 def to_csv(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1) -> str:
@@ -215,7 +239,7 @@ def to_csv(table: PaperTable, records: Sequence[results.ResultRecord], decimals:
             writer.writerow([table.id, row.label, row.paper_label, col.key, col.task, col.mode, col.metric, mean,
                              std, s.n_runs, s.n_seeds, s.n_folds, s.expected_folds,
                              str(s.complete).lower() if s.n_runs else "", str(s.mixed_ckpts).lower(),
-                             "" if c.paper is None else c.paper])
+                             str(s.fold_best).lower(), "" if c.paper is None else c.paper])
     return out.getvalue()
 
 
@@ -236,13 +260,13 @@ def to_latex(table: PaperTable, records: Sequence[results.ResultRecord], decimal
              rf"\label{{tab:{table.id.replace('_', '-')}}}",
              r"\begin{tabular}{l" + "c" * len(table.columns) + "}", r"\toprule", head + r" \\", r"\midrule"]
     for row, line in zip(table.rows, cells):
-        texts = [_cell_text(c, decimals, "--", r" $\pm$ ", r"$^{*}$", r"$^{\dag}$", " [{k}/{n} folds]")
-                 for c in line]
+        texts = [_cell_text(c, decimals, "--", r" $\pm$ ", r"$^{*}$", r"$^{\dag}$", " [{k}/{n} folds]",
+                            ddagger=r"$^{\ddag}$") for c in line]
         lines.append(" & ".join([latex_escape(row.paper_label)] + texts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    marks = {"*": r"$^{*}$", "†": r"$^{\dag}$", "‡": r"$^{\ddag}$"}
     for note in _footnotes(table, cells):
-        note = latex_escape(note[2:])
-        mark = r"$^{*}$" if note.startswith("incomplete") else r"$^{\dag}$"
+        mark, note = marks[note[0]], latex_escape(note[2:])
         lines.append(rf"\par\footnotesize{{{mark} {note}}}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"

@@ -234,6 +234,19 @@ def test_resume_is_exact(straight_run, audio_dir, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], rtol=0, atol=1e-6)
 
 
+def test_stop_at_step_zero_saves_the_initial_weights(straight_run, audio_dir, tmp_path):
+    """Step 0 is a checkpoint like any other (the demo's from-scratch baselines are built this way): resuming
+    it replays the uninterrupted run exactly."""
+    out = tmp_path / "run"
+    assert pretrain(make_cfg(out, audio_dir), stop_at_step=0)["step"] == 0
+    assert (out / "upstream.pt").is_file() and torch.load(out / "last.ckpt", weights_only=False)["step"] == 0
+    with pytest.raises(ConfigError, match=">= 0"):
+        pretrain(make_cfg(tmp_path / "other", audio_dir), stop_at_step=-1)
+    pretrain(make_cfg(out, audio_dir), resume=True)
+    np.testing.assert_allclose([r["loss"] for r in losses(out)], [r["loss"] for r in losses(straight_run[0])],
+                               rtol=0, atol=1e-6)
+
+
 def test_two_views_accumulation_and_workers_resume_exactly(audio_dir, tmp_path):
     """2 views, grad_accum 2, dropout, worker processes: same losses straight, resumed and with no workers."""
     opts = ("batch_size=4", "grad_accum=2", "max_steps=6", "ckpt_every=2", "optim.schedule=cosine",

@@ -135,3 +135,30 @@ def test_pretraining_is_shared_resumed_and_needs_data(tmp_path):
                               *sum((["-o", o] for o in longer.pretrain_overrides), [])]) == 0
     ensure_pretrained(longer, opts, log=lambda _: None)
     assert torch.load(d / "last.ckpt", weights_only=False)["step"] == 3
+
+
+def test_esc50_folds_get_one_step_chosen_on_the_fold_averaged_curve(tmp_path):
+    import json
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    make_esc50(data)
+    table = _table(_row("a", MINI), columns=(Column("esc", "esc50", "frozen", "accuracy"),))
+    opts = SuiteOptions(data_root=str(data), expdir=str(tmp_path / "exp"), results=str(tmp_path / "r.jsonl"),
+                        device="cpu", downstream_overrides=TINY + ("optimizer.lr=0.05",))
+    assert run_suite(table, opts, log=lambda _: None).ok
+    recs = results.load(opts.results)
+    chosen = sorted((r for r in recs if r.split == results.ESC50_SELECTED_SPLIT), key=lambda r: r.fold)
+    assert [r.fold for r in chosen] == [1, 2, 3, 4, 5] and len({r.step for r in chosen}) == 1
+    # by hand: the fold curves from evals.jsonl, their mean, its first argmax
+    curves = []
+    for fold in range(1, 6):
+        lines = (tmp_path / "exp" / "downstream" / "t" / f"a_esc50_fold{fold}_frozen_seed1337" / "evals.jsonl")
+        curves.append({int(e["step"]): e["accuracy"] for e in map(json.loads, lines.read_text().splitlines())})
+    steps = sorted(curves[0])
+    best = steps[int(np.argmax([np.mean([c[s] for c in curves]) for s in steps]))]
+    assert chosen[0].step == best
+    assert [r.value for r in chosen] == pytest.approx([c[best] for c in curves])
+    assert run_suite(table, opts, log=lambda _: None).ok  # everything done: nothing appended
+    assert len(results.load(opts.results)) == len(recs)

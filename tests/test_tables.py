@@ -28,8 +28,10 @@ def rec(label="ours_a", task="esc50", value=0.7, seed=1, fold=None, ts="2024-01-
 ESC_VALUES = {1: [0.70, 0.72, 0.74, 0.71, 0.73], 2: [0.69, 0.70, 0.75, 0.72, 0.74]}
 
 
-def esc_records():
-    return [rec(value=v, seed=s, fold=f + 1) for s, vals in ESC_VALUES.items() for f, v in enumerate(vals)]
+def esc_records(split=results.ESC50_SELECTED_SPLIT):
+    """ESC-50 records as the suites write them: each fold at the step chosen on the fold-averaged curve."""
+    return [rec(value=v, seed=s, fold=f + 1, split=split) for s, vals in ESC_VALUES.items()
+            for f, v in enumerate(vals)]
 
 
 def test_fold_task_two_seeds_by_hand():
@@ -88,7 +90,7 @@ def test_renderers():
     lines = to_csv(TABLE, records).splitlines()
     assert lines[0].startswith("table,row,paper_label,column") and "ours_mean,ours_std,n" in lines[0]
     assert lines[1].startswith("demo_tab,ours_a,Model_A,esc50,esc50,finetune,accuracy,72.0,0.0,10,2,5,5,true")
-    assert lines[2] == "demo_tab,ours_a,Model_A,ks2,speech_commands_v2,finetune,accuracy,,,0,0,0,0,,false,98.0"
+    assert lines[2] == "demo_tab,ours_a,Model_A,ks2,speech_commands_v2,finetune,accuracy,,,0,0,0,0,,false,false,98.0"
     tex = to_latex(TABLE, records)
     assert r"Demo\_table 100\% \& more" in tex and r"Model\_A" in tex
     assert r"72.0 $\pm$ 0.0 (72.6)" in tex and "-- (98.0)" in tex and r"\toprule" in tex
@@ -152,3 +154,31 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path):
         write_plots(tmp_path / "none.jsonl", tmp_path / "plots", tables=[TABLE])
     assert main_tables(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t"),
                         "--table", "ssast_main", "--plots"]) == 0
+
+
+def test_a_table_without_published_numbers_shows_ours_only():
+    """The demo's table has no paper column: no '(—)' beside every cell, and missing cells still say so."""
+    from dataclasses import replace
+
+    from benchmark.tables import has_paper_numbers
+
+    bare = replace(TABLE, rows=tuple(replace(r, values={k: None for k in r.values}) for r in TABLE.rows))
+    assert has_paper_numbers(TABLE) and not has_paper_numbers(bare)
+    text = to_markdown(bare, esc_records())
+    assert "(—)" not in text and "ours (paper)" not in text
+    row_a, = [line for line in text.splitlines() if line.startswith("| Model_A |")]
+    row_b, = [line for line in text.splitlines() if line.startswith("| Model B |")]
+    assert row_a.split("|")[2].strip() == "72.0 ± 0.0"  # both seeds' fold means are 72.0 (ESC_VALUES)
+    assert row_b.split("|")[2].strip() == "—"  # a row without records is shown as missing
+
+
+def test_esc50_prefers_the_fold_averaged_selection_and_flags_per_fold_best():
+    per_fold_best = [rec(value=v + 0.1, seed=s, fold=f + 1) for s, vals in ESC_VALUES.items()
+                     for f, v in enumerate(vals)]  # split "test": each fold's own best step, higher
+    only_best = cell_stats(per_fold_best, TABLE, TABLE.rows[0], ESC)
+    assert only_best.fold_best and only_best.mean == pytest.approx(0.82)
+    both = cell_stats(per_fold_best + esc_records(), TABLE, TABLE.rows[0], ESC)
+    assert not both.fold_best and both.mean == pytest.approx(0.72)  # the selected records win
+    text = to_markdown(TABLE, per_fold_best)
+    assert "82.0 ± 0.0‡ (72.6)" in text and "‡ ESC-50: each fold at its own best step" in text
+    assert r"$^{\ddag}$" in to_latex(TABLE, per_fold_best)

@@ -576,7 +576,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
             if skipped:
                 log.warning("%d unusable audio files were skipped so far (last.ckpt['skipped_files'])",
                             len(skipped))
-    stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
+    if stop_at_step is not None and stop_at_step < 0:
+        raise ConfigError(f"stop_at_step must be >= 0, got {stop_at_step}")
+    stop = cfg.max_steps if stop_at_step is None else min(cfg.max_steps, stop_at_step)
     sampler = StepBatchSampler(len(files), cfg.batch_size, cfg.seed, start, stop, rank, world)
     workers = cfg.data.num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
