@@ -56,17 +56,30 @@ def _values(table: PaperTable, records, col):
 
 
 def _bars(plt, table: PaperTable, records, path: Path) -> Path:
+    from .tables import has_paper_numbers
+
+    paper_too = has_paper_numbers(table)
     n = len(table.columns)
-    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 0.6 * len(table.rows) + 1.5) * n, 4.2), squeeze=False)
+    ncols = n if n <= 3 else 2
+    nrows = -(-n // ncols)
+    width = max(4.0, 0.6 * len(table.rows) + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 4.2 * nrows), squeeze=False)
     x = list(range(len(table.rows)))
-    for ax, col in zip(axes[0], table.columns):
+    for ax, col in zip(axes.flat, table.columns):
         ours, err, paper = _values(table, records, col)
-        ax.bar([i - 0.2 for i in x], ours, 0.4, yerr=err, capsize=3, label="ours")
-        ax.bar([i + 0.2 for i in x], paper, 0.4, label="paper", alpha=0.7)
+        if paper_too:
+            ax.bar([i - 0.2 for i in x], ours, 0.4, yerr=err, capsize=3, label="ours")
+            ax.bar([i + 0.2 for i in x], paper, 0.4, label="paper", alpha=0.7)
+        else:  # nothing published to compare with: one bar per row, its value written on it
+            bars = ax.bar(x, ours, 0.6, yerr=err, capsize=3)
+            ax.bar_label(bars, labels=["" if v != v else f"{v:.1f}" for v in ours], fontsize=7, label_type="center")
         ax.set_title(col.title or col.key, fontsize=9)
         ax.set_xticks(x)
         ax.set_xticklabels([r.paper_label for r in table.rows], rotation=60, ha="right", fontsize=7)
-    axes[0][0].legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if paper_too:
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(table.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -33,9 +33,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert (out / "pretrain").is_dir() and len(list((out / "pretrain").glob("*/upstream.pt"))) == 1
     table = (out / "demo_table.md").read_text()
     assert table in printed
-    line, = [x for x in table.splitlines() if x.startswith("| SSAST patch (joint), pretrained |")]
+    line, = [x for x in table.splitlines() if x.startswith("| SSAST, pretrained |")]
     assert "—" not in line  # every cell of a row that ran holds a number
-    line, = [x for x in table.splitlines() if x.startswith("| MAE-AST patch (chunked), pretrained |")]
+    line, = [x for x in table.splitlines() if x.startswith("| MAE-AST, pretrained |")]
     assert set(line.replace("|", " ").split()) >= {"—"}  # a row that did not run shows as missing
     assert run_demo(out, TOY, device="cpu", rows=("ssast_pretrained", "asit_scratch")) == 0
     assert len(results.load(out / "results.jsonl")) == len(recs)  # second call: every job skipped
