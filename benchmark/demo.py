@@ -136,6 +136,8 @@ def run_demo(out: Path, setting: Setting, seed: int = 0, device: str | None = No
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 writes the corpus, the others wait
+        _wait_for(lambda: demo_data.is_up_to_date(out / "data", seed, setting.data_size), out / "data")
     paths = demo_data.generate(out / "data", seed=seed, size=setting.data_size)
     timings["corpus"] = time.perf_counter() - t0
 
@@ -147,6 +149,8 @@ def run_demo(out: Path, setting: Setting, seed: int = 0, device: str | None = No
     t1 = time.perf_counter()
     report = run_suite(table, opts)
     timings["pretrain + downstream"] = time.perf_counter() - t1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0 if report.ok else 1  # rank 0 writes and prints the table
 
     records = results.load(opts.results)
     markdown = to_markdown(table, records)
@@ -162,6 +166,14 @@ def run_demo(out: Path, setting: Setting, seed: int = 0, device: str | None = No
     for job, why in report.failed:
         print(f"failed: {job.describe()}: {why}")
     return 0 if report.ok else 1
+
+
+def _wait_for(ready, what: Path, timeout_s: float = 3600.0) -> None:
+    start = time.monotonic()
+    while not ready():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to write {what}")
+        time.sleep(1.0)
 
 
 def _write(path: Path, text: str) -> None:

@@ -530,6 +530,12 @@ def _is_complete(root: Path, want: dict) -> bool:
             and all(len(list((root / part).rglob("*.wav"))) == n for part, n in files.items()))  # fmt: skip
 
 
+def is_up_to_date(root, seed: int = 0, size: str | DemoSize = "small") -> bool:
+    """Whether ``root`` already holds the complete corpus of this seed and size (what ``generate`` would skip)."""
+    size = SIZES[size] if isinstance(size, str) else size
+    return _is_complete(Path(root).absolute(), {"version": VERSION, "seed": int(seed), "size": asdict(size)})
+
+
 def generate(
     root, seed: int = 0, size: str | DemoSize = "small", workers: int | None = None, log=print
 ) -> dict[str, Path]:

@@ -138,6 +138,10 @@ def ensure_pretrained(run: RunSpec, opts: SuiteOptions, log: Callable[[str], Non
         argv.append("--resume")
     log(f"pretraining {out.name}: run_pretrain.py {' '.join(argv)}")
     code = run_pretrain.main(argv)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun rank 0 writes upstream.pt: wait for it
+        dist.barrier()
     if code != 0 or not done.is_file():
         raise SuiteError(f"pretraining {out} failed (exit code {code}); see its log above")
     return done
@@ -228,11 +232,42 @@ class SuiteReport:
 
 def run_suite(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None] | None = None) -> SuiteReport:
     """Run every pending job of ``table``; see the module docstring for skipping and resuming."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    log = log or (print if rank == 0 else (lambda _msg: None))
+    group = _DistributedSweep(world, opts.device)
+    try:
+        return _run_jobs(table, opts, log, rank, group)
+    finally:
+        group.close()
+
+
+class _DistributedSweep:
+    """Under torchrun, one process group for the whole sweep: pretraining and every downstream job run in it
+    (each leaves a group it did not create alone), and ranks meet at a barrier after each job."""
+
+    def __init__(self, world: int, device: str | None):
+        import torch
+        import torch.distributed as dist
+
+        self.dist, self.owns = dist, False
+        if world > 1 and not dist.is_initialized():
+            use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+            self.owns = True
+
+    def barrier(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.owns and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def _run_jobs(table: PaperTable, opts: SuiteOptions, log, rank: int, group: _DistributedSweep) -> SuiteReport:
     import run_downstream
     from upstream.checkpoint import file_sha256
 
-    rank = int(os.environ.get("RANK", "0"))
-    log = log or (print if rank == 0 else (lambda _msg: None))
     jobs = plan(table, opts)
     records = results.load(opts.results, skip_corrupt=False)
     report, start = SuiteReport(), time.perf_counter()
@@ -252,6 +287,7 @@ def run_suite(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None] 
             if code != 0:
                 raise SuiteError(f"run_downstream.py exited with code {code}")
             report.done.append(job)
+            group.barrier()  # rank 0 has written the job's records before anyone plans on
             log(f"{tag}: finished in {time.perf_counter() - t0:.0f} s")
         except (SuiteError, FileNotFoundError, ValueError) as err:
             report.failed.append((job, str(err)))

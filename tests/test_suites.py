@@ -162,3 +162,33 @@ def test_esc50_folds_get_one_step_chosen_on_the_fold_averaged_curve(tmp_path):
     assert [r.value for r in chosen] == pytest.approx([c[best] for c in curves])
     assert run_suite(table, opts, log=lambda _: None).ok  # everything done: nothing appended
     assert len(results.load(opts.results)) == len(recs)
+
+
+def test_a_sweep_runs_under_torchrun_with_one_process_group(tmp_path):
+    """2 gloo ranks: pretraining and every job share the sweep's process group, rank 0 alone writes records."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "sweep.py"
+    script.write_text("import sys\nfrom pathlib import Path\nfrom benchmark.demo import run_demo\n"
+                      "from tests.test_demo import TOY\n"
+                      "sys.exit(run_demo(Path(sys.argv[1]), TOY, device='cpu', rows=('ssast_pretrained',)))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo), ASTBENCH_CACHE=str(tmp_path / "cache"))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(script), str(tmp_path / "out")], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recs = results.load(tmp_path / "out" / "results.jsonl")
+    tests = [(r.task, r.mode, r.fold) for r in recs if r.split == "test"]
+    assert len(tests) == len(set(tests)) == 2 * (1 + 5)  # each job once: modes x (keywords + 5 ESC folds)
+    assert proc.stdout.count("## Demo") == 1  # the table is printed by rank 0 only

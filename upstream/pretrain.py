@@ -529,6 +529,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     Raises:
         ConfigError / DataError on bad settings or data; NonFiniteLossError when the loss is NaN/inf.
     """
+    owns_group = not dist.is_initialized()  # a caller's process group (e.g. a benchmark sweep) is left alone
     rank, world, device = _setup_distributed(cfg.device)
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by world_size x grad_accum = "
@@ -648,7 +649,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     finally:
         report.close()
         del batches  # shuts the loader's workers down
-        if world > 1 and dist.is_initialized():
+        if world > 1 and owns_group and dist.is_initialized():
             dist.destroy_process_group()
     return {"step": step, "stopped_by": stopped_by, "skipped_files": len(skipped), "out_dir": str(out),
             "last_loss": last_loss}
