@@ -180,20 +180,37 @@ def job_checkpoint(job: Job, opts: SuiteOptions, log: Callable[[str], None] = pr
     return None
 
 
-def is_done(job: Job, records: Sequence[results.ResultRecord], ckpt_sha: str | None) -> bool:
-    """A test-split record of this job exists (for the same upstream checkpoint when it has one)."""
+def is_done(job: Job, records: Sequence[results.ResultRecord], ckpt_sha: str | None, name: str | None = None
+            ) -> bool:
+    """A test-split record of this job exists (for the same upstream checkpoint when it has one, and from the
+    run folder ``name`` when given, i.e. with the same resolved configuration)."""
     for r in records:
         if (r.label == job.label and r.task == job.task and r.mode == job.mode and r.seed == job.seed
                 and r.fold == job.fold and r.split == "test" and r.upstream == job.run.upstream
-                and r.layer == job.run.layer and (ckpt_sha is None or r.ckpt_sha256 == ckpt_sha)):
+                and r.layer == job.run.layer and (ckpt_sha is None or r.ckpt_sha256 == ckpt_sha)
+                and (name is None or r.expname == name)):
             return True
     return False
 
 
-def downstream_argv(job: Job, ckpt: Path | None, opts: SuiteOptions) -> list[str]:
-    """The ``run_downstream.py`` arguments of ``job``."""
+def run_name(job: Job, opts: SuiteOptions) -> str:
+    """The job's run folder (and record ``expname``): its description plus a hash of the configuration
+    ``run_downstream.py`` resolves for it, so that changing a config or an override starts a new run instead of
+    resuming or skipping one made with other settings."""
+    import run_downstream
+
+    from .config import config_to_dict
+
+    cfg, _ = run_downstream.resolve_config(run_downstream.parse_args(downstream_argv(job, None, opts, "x")))
+    config = config_to_dict(cfg)
+    config["run"] = {k: v for k, v in config["run"].items() if k not in ("expname", "data_root", "ckpt")}
+    return f"{job.expname}-{results.config_hash(config)[:8]}"
+
+
+def downstream_argv(job: Job, ckpt: Path | None, opts: SuiteOptions, name: str) -> list[str]:
+    """The ``run_downstream.py`` arguments of ``job``, run in folder ``name`` (:func:`run_name`)."""
     expdir = Path(opts.expdir) / "downstream" / _safe(job.table)
-    argv = ["-u", job.run.upstream, "-d", job.task, "-n", job.expname, "--expdir", str(expdir),
+    argv = ["-u", job.run.upstream, "-d", job.task, "-n", name, "--expdir", str(expdir),
             "--results", opts.results, "--seed", str(job.seed), "--label", job.label]
     if job.mode == "finetune":
         argv.append("-f")
@@ -213,7 +230,7 @@ def downstream_argv(job: Job, ckpt: Path | None, opts: SuiteOptions) -> list[str
         argv += ["--device", opts.device]
     if opts.cache_dir:
         argv += ["--cache-dir", opts.cache_dir]
-    if (expdir / job.expname / "last.ckpt").is_file():
+    if (expdir / name / "last.ckpt").is_file():
         argv.append("--resume")
     return argv
 
@@ -272,18 +289,20 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log, rank: int, group: _Dis
     records = results.load(opts.results, skip_corrupt=False)
     report, start = SuiteReport(), time.perf_counter()
     shas: dict[Path, str] = {}
+    names: dict[Job, str] = {}
     for i, job in enumerate(jobs, 1):
         tag = f"[{i}/{len(jobs)}] {job.describe()}"
         try:
+            name = names[job] = run_name(job, opts)
             ckpt = job_checkpoint(job, opts, log)
             sha = shas.setdefault(ckpt, file_sha256(ckpt)) if ckpt is not None else None
-            if is_done(job, records, sha):
+            if is_done(job, records, sha, name):
                 report.skipped.append(job)
                 log(f"{tag}: done before, skipped")
                 continue
             log(f"{tag}: running")
             t0 = time.perf_counter()
-            code = run_downstream.main(downstream_argv(job, ckpt, opts))
+            code = run_downstream.main(downstream_argv(job, ckpt, opts, name))
             if code != 0:
                 raise SuiteError(f"run_downstream.py exited with code {code}")
             report.done.append(job)
@@ -295,17 +314,18 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log, rank: int, group: _Dis
             if opts.fail_fast:
                 break
     if rank == 0:
-        select_esc50(jobs, opts, log)
+        select_esc50(jobs, names, opts, log)
     report.seconds = time.perf_counter() - start
     log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} failed "
         f"in {report.seconds:.0f} s")
     return report
 
 
-def select_esc50(jobs: Sequence[Job], opts: SuiteOptions, log: Callable[[str], None] = print) -> int:
-    """SSAST's ESC-50 selection for every finished 5-fold group of ``jobs``: one step for all folds, chosen on
-    the fold-averaged test curve of their ``evals.jsonl``; appends one ``results.ESC50_SELECTED_SPLIT`` record
-    per fold (a copy of the fold's test record with the value at that step). Returns the records written."""
+def select_esc50(jobs: Sequence[Job], names: dict, opts: SuiteOptions, log: Callable[[str], None] = print) -> int:
+    """SSAST's ESC-50 selection for every finished 5-fold group of ``jobs`` (run folders ``names[job]``): one
+    step for all folds, chosen on the fold-averaged test curve of their ``evals.jsonl``; appends one
+    ``results.ESC50_SELECTED_SPLIT`` record per fold (a copy of the fold's test record with the value at that
+    step). Returns the records written."""
     from dataclasses import replace
 
     from downstream.metrics import esc50_select_runs
@@ -318,12 +338,12 @@ def select_esc50(jobs: Sequence[Job], opts: SuiteOptions, log: Callable[[str], N
     written = 0
     for group in groups.values():
         group = sorted(group, key=lambda j: j.fold)
-        if [j.fold for j in group] != list(FOLDS["esc50"]):
-            continue  # a sweep restricted to some folds cannot select
+        if [j.fold for j in group] != list(FOLDS["esc50"]) or not all(j in names for j in group):
+            continue  # a sweep restricted to some folds (or stopped early) cannot select
+        folds = {names[j]: j.fold for j in group}
         tests, done = {}, set()
         for r in records:
-            if r.label == group[0].label and r.task == "esc50" and r.mode == group[0].mode \
-                    and r.seed == group[0].seed and r.upstream == group[0].run.upstream:
+            if r.expname in folds and r.fold == folds[r.expname] and r.label == group[0].label:
                 if r.split == "test":
                     tests[r.fold] = r  # the file is in time order: the newest wins
                 elif r.split == results.ESC50_SELECTED_SPLIT:
@@ -331,7 +351,7 @@ def select_esc50(jobs: Sequence[Job], opts: SuiteOptions, log: Callable[[str], N
         if len(tests) < len(group) or all((f, t.ckpt_sha256) in done for f, t in tests.items()):
             continue
         expdir = Path(opts.expdir) / "downstream" / _safe(group[0].table)
-        chosen = esc50_select_runs([expdir / j.expname for j in group])
+        chosen = esc50_select_runs([expdir / names[j] for j in group])
         for job, value in zip(group, chosen["fold_accuracies"]):
             results.append(replace(tests[job.fold], split=results.ESC50_SELECTED_SPLIT, value=float(value),
                                    step=chosen["step"], timestamp=""), opts.results)
@@ -378,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             records = results.load(opts.results)
             for job in plan(table, opts):
-                state = "done" if is_done(job, records, None) else "pending"
+                state = "done" if is_done(job, records, None, run_name(job, opts)) else "pending"
                 pre = f" (pretrain {pretrain_dir(job.run, opts)})" if job.run.pretrain else ""
                 print(f"{state:8s} {job.describe()}{pre}")
             return 0

@@ -32,6 +32,9 @@ CALLS = {
     "gmml_corrupt_noise": lambda g: M.gmml_corrupt(_CLIPS, _FULL, mode="noise", generator=g),
     "gmml_corrupt_alien": lambda g: M.gmml_corrupt(_CLIPS, _FULL, mode="alien", generator=g),
     "asit_corrupt": lambda g: M.asit_corrupt(torch.randn(4, 1, 64, 32, generator=gen(9)), generator=g)[0],
+    "gmml_block_mask_aligned": lambda g: M.gmml_block_mask(2, 64, 32, align=8, generator=g),
+    "asit_corrupt_aligned": lambda g: M.asit_corrupt(torch.randn(4, 1, 64, 32, generator=gen(9)), align=8,
+                                                     generator=g)[0],
 }
 
 
@@ -180,6 +183,55 @@ def test_gmml_blocks_added_in_order_until_target():
     assert torch.equal(mask, brute)
 
 
+def _patch_fraction(mask: torch.Tensor, p: int) -> torch.Tensor:
+    """Corrupted fraction of each p x p patch of a (B, H, W) mask, H and W multiples of p. (B, H/p, W/p)."""
+    B, H, W = mask.shape
+    return mask.view(B, H // p, p, W // p, p).float().mean((2, 4))
+
+
+def test_gmml_aligned_blocks_cover_whole_patches():
+    height, width, frac, p = 592, 128, 0.3, 16
+    mask = M.gmml_block_mask(8, height, width, 0.5, 0.7, frac, align=p, generator=gen())
+    per_patch = _patch_fraction(mask, p)
+    assert ((per_patch == 0) | (per_patch == 1)).all()  # every patch fully corrupted or untouched
+    # Largest aligned block: each side rounds int(0.3 * side) - 1 to a multiple of the patch.
+    largest_block = round((int(height * frac) - 1) / p) * p * round((int(width * frac) - 1) / p) * p
+    area = mask.sum((1, 2))
+    assert (area >= 0.5 * height * width).all()
+    assert (area < 0.7 * height * width + largest_block).all()
+    # The free blocks of the default cut through patches.
+    free = _patch_fraction(M.gmml_block_mask(8, height, width, 0.5, 0.7, frac, generator=gen()), p)
+    assert ((free > 0) & (free < 1)).any()
+
+
+def test_gmml_aligned_blocks_follow_the_official_rounding():
+    # One tiny target: the first block alone is the mask. Its corner sits on the grid and its sides are
+    # nonzero multiples of the grid, or reach the image edge.
+    for seed in range(20):  # 20 small draws; the loop is in the test only
+        m = M.gmml_block_mask(1, 50, 40, 1e-6, 1e-6, align=8, generator=gen(seed))[0]
+        rows, cols = m.any(1).nonzero().squeeze(1), m.any(0).nonzero().squeeze(1)
+        top, left = int(rows[0]), int(cols[0])
+        h, w = int(rows[-1]) - top + 1, int(cols[-1]) - left + 1
+        assert top % 8 == 0 and left % 8 == 0
+        assert (h % 8 == 0 or top + h == 50) and (w % 8 == 0 or left + w == 40)
+
+
+def test_asit_corrupt_aligned_branches():
+    batch, height, width, p = 8, 64, 48, 8
+    x = 10.0 * torch.arange(batch).view(batch, 1, 1) + 1.0 + torch.rand(batch, height, width, generator=gen())
+    for prob, (low, high) in [(0.0, (0.5, 0.7)), (1.0, (0.3, 0.3))]:
+        out, mask = M.asit_corrupt(x, replace_prob=prob, align=p, generator=gen(3))
+        per_patch = _patch_fraction(mask, p)
+        assert ((per_patch == 0) | (per_patch == 1)).all()
+        assert torch.equal(out[~mask], x[~mask]) and (out[mask] != x[mask]).all()
+        largest_block = round((int(height * 0.3) - 1) / p) * p * round((int(width * 0.3) - 1) / p) * p
+        area = mask.sum((1, 2))
+        assert ((area >= low * height * width) & (area < high * height * width + largest_block)).all()
+    # align = 1 is the unaligned default, draw for draw.
+    default = M.asit_corrupt(x, generator=gen(5))[1]
+    assert torch.equal(M.asit_corrupt(x, align=1, generator=gen(5))[1], default)
+
+
 def test_gmml_cap_when_candidates_fall_short():
     mask = M.gmml_block_mask(4, 100, 100, 0.9, 0.9, max_blocks=1, generator=gen())
     assert (mask.sum((1, 2)) < 0.9 * 100 * 100).all()  # no error, one block each
@@ -317,6 +369,8 @@ def test_device_argument():
     (lambda: M.gmml_corrupt(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), "blur"), "'blur'"),
     (lambda: M.gmml_corrupt(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5, dtype=torch.bool)), r"\(2, 4, 5\)"),
     (lambda: M.asit_corrupt(torch.zeros(2, 3, 4, 4)), r"\(2, 3, 4, 4\)"),
+    (lambda: M.gmml_block_mask(2, 10, 10, align=0), "align must be a positive integer, got 0"),
+    (lambda: M.asit_corrupt(torch.zeros(2, 4, 4), align=2.5), "got 2.5"),
 ])
 def test_errors_name_the_bad_value(call, message):
     with pytest.raises(ValueError, match=message):

@@ -87,6 +87,55 @@ def test_asit_components_switch_losses(flags, keys):
     assert set(logs) - {"teacher_temp"} == keys and torch.isfinite(loss)
 
 
+def _asit_student_input(o, x: torch.Tensor, seed: int = 0):
+    """Run the objective once, returning (loss, logs, what the student encoder was given (BV, T, F))."""
+    seen = []
+    forward_features = o.encoder.forward_features
+
+    def recording(tokens, *args, **kwargs):
+        seen.append(tokens.detach().clone())
+        return forward_features(tokens, *args, **kwargs)
+
+    o.encoder.forward_features = recording
+    loss, logs = o(x, None, torch.Generator().manual_seed(seed))
+    return loss, logs, seen[0]
+
+
+@pytest.mark.parametrize("flags,keys", [({"use_data": False, "use_cls": False}, {"recon"}),
+                                        ({"use_data": False, "use_recon": False}, {"cls"}),
+                                        ({}, {"cls", "data", "recon"})])
+def test_asit_without_corruption_student_sees_the_clean_views(flags, keys):
+    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+                                  corrupt=False, drop_path=0.0, **flags))  # recon is recomputed below
+    x = torch.randn(2, 2, 96, 128)
+    loss, logs, student_in = _asit_student_input(o, x)
+    assert torch.equal(student_in, x.flatten(0, 1))
+    assert set(logs) - {"teacher_temp"} == keys and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in o.encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    if "recon" in keys:  # nothing corrupted: L1 over every bin (the official masked mean would be NaN)
+        with torch.no_grad():
+            s = o.encoder.forward_features(x.flatten(0, 1))
+            rec = o.rec_head(s[:, 1:], 6, 8)
+        torch.testing.assert_close(logs["recon"], (rec - x.flatten(0, 1)).abs().mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="aligned_blocks=true needs corrupt=true"):
+        asit.ASiTPretrainConfig(size="mini", corrupt=False, aligned_blocks=True)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_asit_aligned_blocks_corrupt_whole_patches(aligned):
+    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+                                  aligned_blocks=aligned))
+    x = torch.randn(4, 2, 96, 128) + 5.0  # no bin is 0, so a zero-filled bin is a changed bin
+    loss, _, student_in = _asit_student_input(o, x)
+    assert torch.isfinite(loss)
+    changed = (student_in != x.flatten(0, 1)).view(8, 6, 16, 8, 16).float().mean((2, 4))  # (BV, n_t, n_f)
+    assert (changed > 0).any()
+    whole = ((changed == 0) | (changed == 1)).all()
+    assert bool(whole) == aligned  # aligned: each 16 x 16 patch all changed or untouched; free blocks cut patches
+
+
 def test_asit_teacher_is_an_ema_of_the_student_and_gets_no_gradient():
     o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
                                   momentum_teacher=0.9))

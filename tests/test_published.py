@@ -65,6 +65,20 @@ def test_spot_checks(table_id, label, key, expected):
     assert row.values[key] == expected
 
 
+@pytest.mark.parametrize("table_id", ["asit_components", "asit_mask_alignment"])
+def test_asit_ablation_rows_all_run(table_id):
+    """Every ASiT Table II and Section 4.4 row has a run: 'corr -' rows turn corruption off, the aligned row
+    snaps the blocks to the patch grid."""
+    runs = {r.label: r.run for r in get_table(table_id).rows}
+    assert all(run is not None for run in runs.values()), table_id
+    if table_id == "asit_components":
+        for label in ("asit_small_10ep_autoencoder", "asit_small_10ep_global"):
+            assert "objective.corrupt=false" in runs[label].pretrain_overrides
+    else:
+        assert "objective.aligned_blocks=true" in runs["asit_small_10ep_aligned"].pretrain_overrides
+        assert not any("aligned" in o for o in runs["asit_small_10ep"].pretrain_overrides)
+
+
 def test_get_table_unknown_lists_ids():
     with pytest.raises(ValueError, match="ssast_main"):
         get_table("nope")
@@ -115,6 +129,9 @@ def test_good_file_and_default_source(tmp_path):
     ("upstream: ssast_patch_mini", "upstream: mae_ast_patch_mini, pretrain: configs/pretrain/ssast_patch_mini.yaml, "
      "pretrain_upstream: ssast_patch", "does not match the pretrained encoder"),
     ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, overrides: [optimizer.lrr=1]", "lrr"),
+    ("upstream: ssast_patch_mini", "upstream: asit_mini, pretrain: configs/pretrain/asit_mini.yaml, "
+     "pretrain_upstream: asit, pretrain_overrides: [objective.corrupt=false, objective.aligned_blocks=true]",
+     "aligned_blocks=true needs corrupt=true"),
 ])
 def test_validation_errors_name_file_and_key(tmp_path, old, new, message):
     assert old in GOOD

@@ -60,16 +60,18 @@ def test_argv_carries_label_fold_checkpoint_config_and_resume(tmp_path):
                SuiteOptions(tasks=("esc50",), folds=(4,)))[0]
     opts = SuiteOptions(expdir=str(tmp_path), config_dir="cfgs", downstream_overrides=("runner.log_step=1",),
                         data_root="D", device="cpu")
-    argv = downstream_argv(job, tmp_path / "up.pt", opts)
+    argv = downstream_argv(job, tmp_path / "up.pt", opts, "run1")
     text = " ".join(argv)
     for part in ["-u ssast_patch_mini", "-d esc50", "-f", "--fold 4", f"--ckpt {tmp_path / 'up.pt'}",
                  "--label a", "-l 1", "-c cfgs/esc50_finetune.yaml", "-o optimizer.lr=1 -o runner.log_step=1",
                  "--data-root D", "--device cpu"]:
         assert part in text, part
     assert "--resume" not in argv
-    (tmp_path / "downstream" / "t" / job.expname).mkdir(parents=True)
-    (tmp_path / "downstream" / "t" / job.expname / "last.ckpt").write_bytes(b"")
-    assert downstream_argv(job, None, opts)[-1] == "--resume"
+    assert "-n run1" in text
+    (tmp_path / "downstream" / "t" / "run1").mkdir(parents=True)
+    (tmp_path / "downstream" / "t" / "run1" / "last.ckpt").write_bytes(b"")
+    assert downstream_argv(job, None, opts, "run1")[-1] == "--resume"
+    assert downstream_argv(job, None, opts, "run2")[-1] != "--resume"
 
 
 def test_suite_runs_every_job_once_then_skips_them(tmp_path):
@@ -90,6 +92,13 @@ def test_suite_runs_every_job_once_then_skips_them(tmp_path):
     again = run_suite(table, opts, log=lines.append)
     assert len(again.skipped) == 3 and not again.done
     assert len(results.load(opts.results)) == len(recs)  # nothing appended the second time
+    # another configuration is another run (its own folder), never a skip or a resume of the old one
+    opts.downstream_overrides = TINY + ("optimizer.lr=0.01",)
+    changed = run_suite(table, SuiteOptions(**{**opts.__dict__, "tasks": ("speech_commands_v2",)}),
+                        log=lines.append)
+    assert len(changed.done) == 1 and not changed.skipped
+    runs = sorted(p.name for p in (tmp_path / "exp" / "downstream" / "t").iterdir() if "speech" in p.name)
+    assert len(runs) == 2 and {r.rsplit("-", 1)[0] for r in runs} == {"a_speech_commands_v2_frozen_seed1337"}
 
 
 def test_failed_job_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
@@ -154,7 +163,7 @@ def test_esc50_folds_get_one_step_chosen_on_the_fold_averaged_curve(tmp_path):
     # by hand: the fold curves from evals.jsonl, their mean, its first argmax
     curves = []
     for fold in range(1, 6):
-        lines = (tmp_path / "exp" / "downstream" / "t" / f"a_esc50_fold{fold}_frozen_seed1337" / "evals.jsonl")
+        lines, = (tmp_path / "exp" / "downstream" / "t").glob(f"a_esc50_fold{fold}_frozen_seed1337-*/evals.jsonl")
         curves.append({int(e["step"]): e["accuracy"] for e in map(json.loads, lines.read_text().splitlines())})
     steps = sorted(curves[0])
     best = steps[int(np.argmax([np.mean([c[s] for c in curves]) for s in steps]))]

@@ -94,6 +94,8 @@ class ASiTPretrainConfig:
     use_data: bool = True  # local (patch-token) distillation
     use_recon: bool = True  # reconstruction of corrupted bins
     alien: bool = True  # alien concepts on (else zeros only)
+    corrupt: bool = True  # False: the student sees the clean views (Table II 'corr -'): no blocks, no aliens
+    aligned_blocks: bool = False  # snap the blocks to the 16 x 16 patch grid (--drop_align 16, Section 4.4)
     norm_mean: float = -4.2677393
     norm_std: float = 4.5689974
 
@@ -102,6 +104,8 @@ class ASiTPretrainConfig:
             raise ValueError(f"ASiT size must be one of {list(SIZES)}, got {self.size!r}")
         if not (self.use_cls or self.use_data or self.use_recon):
             raise ValueError("ASiT needs at least one of use_cls, use_data, use_recon")
+        if self.aligned_blocks and not self.corrupt:
+            raise ValueError("ASiT aligned_blocks=true needs corrupt=true (there are no blocks to align)")
 
 
 class CLSHead(nn.Module):
@@ -149,7 +153,8 @@ class RECHead(nn.Module):
 class ASiTObjective(Objective):
     """Student sees GMML-corrupted views, the EMA teacher the clean ones. Losses: DINO cross-view CE on
     class tokens, CE on patch tokens at the same positions of the same view, L1 reconstruction of the
-    corrupted bins."""
+    corrupted bins. With ``corrupt=False`` the student sees the clean views too and the reconstruction
+    covers every bin; ``aligned_blocks=True`` snaps the corruption blocks to the patch grid."""
 
     family = "asit"
     num_views = 2
@@ -202,9 +207,14 @@ class ASiTObjective(Objective):
         c = self.cfg
         B, V, T, Fb = fbank.shape
         clean = fbank.reshape(B * V, T, Fb)
-        corrupted, mask = asit_corrupt(clean, drop_perc=tuple(c.drop_perc), drop_replace=c.drop_replace,
-                                       replace_prob=c.replace_prob if c.alien else 0.0, generator=generator)
         n_f, n_t = self.encoder.grid_for(T)
+        if c.corrupt:
+            corrupted, mask = asit_corrupt(clean, drop_perc=tuple(c.drop_perc), drop_replace=c.drop_replace,
+                                           replace_prob=c.replace_prob if c.alien else 0.0,
+                                           align=self.encoder.cfg.tshape if c.aligned_blocks else 1,
+                                           generator=generator)  # (BV, T, F), mask (BV, T, F)
+        else:
+            corrupted, mask = clean, None
         with torch.no_grad():
             t = self.teacher.forward_features(clean)  # (BV, 1+N, D)
             t_cls, t_data = self.teacher_head(t[:, 0], t[:, 1:])
@@ -218,14 +228,20 @@ class ASiTObjective(Objective):
             pairs = [(a, b) for a in range(V) for b in range(V) if a != b]
             cls_loss = sum(-(tp[:, a] * sl[:, b]).sum(-1).mean() for a, b in pairs) / len(pairs)
             loss, logs["cls"] = loss + cls_loss, cls_loss.detach()
-        if c.use_data:  # local: same view, same positions
+        if c.use_data:  # local: same view, same positions, every patch token (corrupted or not)
             tp = F.softmax((t_data.float() - self.center_data) / tt, -1)
             data_loss = -(tp * F.log_softmax(s_data.float() / st, -1)).sum(-1).mean()
             loss, logs["data"] = loss + data_loss, data_loss.detach()
         if c.use_recon:  # L1 on the corrupted bins only
-            rec = self.rec_head(s[:, 1:], n_t, n_f)
-            m = mask[:, : n_t * 16, : n_f * 16].to(rec.dtype)
-            rec_loss = ((rec.float() - clean[:, : n_t * 16, : n_f * 16].float()).abs() * m).sum() / m.sum().clamp(min=1)
+            rec = self.rec_head(s[:, 1:], n_t, n_f)  # (BV, n_t*16, n_f*16)
+            err = (rec.float() - clean[:, : n_t * 16, : n_f * 16].float()).abs()
+            if mask is None:
+                # Nothing corrupted: main_ASiT.py's rloss[masks == 1].mean() would be the NaN mean of an
+                # empty selection, so the 'corr - / rec +' row is read as a plain autoencoder, L1 on all bins.
+                rec_loss = err.mean()
+            else:
+                m = mask[:, : n_t * 16, : n_f * 16].to(err.dtype)
+                rec_loss = (err * m).sum() / m.sum().clamp(min=1)
             loss, logs["recon"] = loss + c.recon_weight * rec_loss, rec_loss.detach()
         if self.training:
             self._accumulate_center_stats(t_cls, t_data)

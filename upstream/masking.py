@@ -105,6 +105,11 @@ def _check_ratio(name: str, ratio: float) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {ratio}")
 
 
+def _check_align(align: int) -> None:
+    if int(align) != align or align < 1:
+        raise ValueError(f"align must be a positive integer, got {align}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Uniform random masking (SSAST frame model, MAE-AST frame model)
 # --------------------------------------------------------------------------------------------------
@@ -446,34 +451,50 @@ def _blocks_until_coverage(top: torch.Tensor, left: torch.Tensor, block_h: torch
     return (first_block <= last_block).view(batch, height, width)
 
 
+def _block_sides(start: torch.Tensor, extent: int, max_block_frac: float, align: int,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Block sides along one axis of length ``extent`` for blocks starting at ``start`` (B, K).
+
+    Official: ``round(min(randint(align, int(0.3 * extent)), extent - start) / align) * align``, with
+    numpy's exclusive upper bound and Python's round (half to even, as ``torch.round``), then cut at the
+    image edge as the slice does. With ``align = 1``: uniform in ``[1, int(0.3 * extent) - 1]``, clipped.
+    max() keeps tiny images valid.
+    """
+    high = max(int(extent * max_block_frac), align + 1)
+    side = torch.randint(align, high, tuple(start.shape), generator=gen, device=gen.device)
+    side = torch.minimum(side, extent - start)
+    if align > 1:
+        side = torch.minimum(torch.round(side / align).long() * align, extent - start)
+    return side
+
+
 def _gmml_mask_for_target(target_frac: torch.Tensor, height: int, width: int, max_block_frac: float,
-                          max_blocks: int, gen: torch.Generator) -> torch.Tensor:
+                          max_blocks: int, gen: torch.Generator, align: int = 1) -> torch.Tensor:
     """GMML block mask with a per-row target fraction; draws on ``gen.device``. (B, H, W) bool."""
-    batch = target_frac.shape[0]
-    dev = gen.device
-    shape = (batch, max_blocks)
-    # numpy.random.randint's upper bound is exclusive: the official corner is in [0, H - 2] and the side
-    # in [1, int(0.3 * H) - 1], then clipped to the image. max() keeps tiny images valid.
-    top = torch.randint(0, max(height - 1, 1), shape, generator=gen, device=dev)
-    left = torch.randint(0, max(width - 1, 1), shape, generator=gen, device=dev)
-    block_h = torch.randint(1, max(int(height * max_block_frac), 2), shape, generator=gen, device=dev)
-    block_w = torch.randint(1, max(int(width * max_block_frac), 2), shape, generator=gen, device=dev)
-    block_h = torch.minimum(block_h, height - top)
-    block_w = torch.minimum(block_w, width - left)
+    shape = (target_frac.shape[0], max_blocks)
+    # The official draws row, column, height, width per block; drawing each for all K blocks at once
+    # changes the order of the draws, not their law.
+    top = torch.randint(0, max(height - align, 1), shape, generator=gen, device=gen.device) // align * align
+    left = torch.randint(0, max(width - align, 1), shape, generator=gen, device=gen.device) // align * align
+    block_h = _block_sides(top, height, max_block_frac, align, gen)
+    block_w = _block_sides(left, width, max_block_frac, align, gen)
     return _blocks_until_coverage(top, left, block_h, block_w, height, width, target_frac * (height * width))
 
 
 def gmml_block_mask(batch: int, height: int, width: int, min_ratio: float = 0.5, max_ratio: float = 0.7,
-                    max_block_frac: float = 0.3, max_blocks: int = 256,
+                    max_block_frac: float = 0.3, max_blocks: int = 256, align: int = 1,
                     generator: torch.Generator | None = None,
                     device: torch.device | str | None = None) -> torch.Tensor:
-    """GMML random-block mask over spectrogram bins (ASiT ``GMML_drop_rand_patches``, ``drop_align=1``).
+    """GMML random-block mask over spectrogram bins (ASiT ``GMML_drop_rand_patches``).
 
     Per row a target area ``U(min_ratio, max_ratio) * H * W`` is drawn; rectangles are added in order
     until the masked area first reaches it, the last one being the block that crossed it, as the
-    official loop. Each rectangle has its corner uniform in ``[0, H-2] x [0, W-2]`` and sides uniform in
-    ``[1, int(max_block_frac * H) - 1] x [1, int(max_block_frac * W) - 1]`` (numpy's exclusive upper
-    bound), clipped to the image; blocks are not aligned to patches.
+    official loop. With ``align = 1`` (the official ``drop_align`` default) each rectangle has its corner
+    uniform in ``[0, H-2] x [0, W-2]`` and sides uniform in ``[1, int(max_block_frac * H) - 1] x
+    [1, int(max_block_frac * W) - 1]`` (numpy's exclusive upper bound), clipped to the image: blocks are
+    not aligned to patches. With ``align = p`` (``drop_align = 16``) corners and sides are snapped to
+    multiples of ``p`` as the official code does (see :func:`_block_sides`), so when ``p`` divides H and W
+    every ``p x p`` patch is either fully corrupted or untouched.
 
     ``max_blocks`` candidates are drawn per row. If they cannot reach the target together (rare:
     at 592 x 128 and a 0.7 target about 60 blocks are needed on average), their union is returned,
@@ -486,6 +507,7 @@ def gmml_block_mask(batch: int, height: int, width: int, min_ratio: float = 0.5,
         min_ratio, max_ratio: target area fraction range (``min(0.5, drop_perc)``, ``drop_perc``=0.7).
         max_block_frac: largest block side as a fraction of H and W (``max_block_sz`` = 0.3).
         max_blocks: candidate blocks per row K.
+        align: block grid in bins (``drop_align``): 1 = free blocks, the patch size = patch-aligned blocks.
         generator: source of randomness (see module conventions).
         device: device of the returned mask.
 
@@ -503,9 +525,10 @@ def gmml_block_mask(batch: int, height: int, width: int, min_ratio: float = 0.5,
         raise ValueError(f"max_block_frac must be in (0, 1], got {max_block_frac}")
     if int(max_blocks) != max_blocks or max_blocks < 1:
         raise ValueError(f"max_blocks must be a positive integer, got {max_blocks}")
+    _check_align(align)
     gen, out_device = _rng(generator, device)
     target = min_ratio + (max_ratio - min_ratio) * torch.rand(batch, generator=gen, device=gen.device)  # (B,)
-    mask = _gmml_mask_for_target(target, height, width, max_block_frac, max_blocks, gen)
+    mask = _gmml_mask_for_target(target, height, width, max_block_frac, max_blocks, gen, align)
     return mask.to(out_device)
 
 
@@ -568,6 +591,7 @@ def gmml_corrupt(x: torch.Tensor, mask: torch.Tensor, mode: str = "zeros",
 
 def asit_corrupt(x: torch.Tensor, *, drop_perc: tuple[float, float] = (0.5, 0.7), drop_replace: float = 0.3,
                  replace_prob: float = 0.5, max_block_frac: float = 0.3, max_blocks: int = 256,
+                 align: int = 1,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ASiT student-input corruption: zero blocks, or with probability 0.5 "alien concepts".
 
@@ -586,6 +610,7 @@ def asit_corrupt(x: torch.Tensor, *, drop_perc: tuple[float, float] = (0.5, 0.7)
         replace_prob: probability of the alien branch per clip.
         max_block_frac: largest block side as a fraction of H and W (``max_block_sz``).
         max_blocks: candidate blocks per row (see :func:`gmml_block_mask`).
+        align: block grid in bins for both branches (``--drop_align``, see :func:`gmml_block_mask`).
         generator: source of randomness (see module conventions); numbers are drawn on its device.
 
     Returns:
@@ -603,6 +628,7 @@ def asit_corrupt(x: torch.Tensor, *, drop_perc: tuple[float, float] = (0.5, 0.7)
     _check_ratio("replace_prob", replace_prob)
     if not 0.0 < max_block_frac <= 1.0:
         raise ValueError(f"max_block_frac must be in (0, 1], got {max_block_frac}")
+    _check_align(align)
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     gen, _ = _rng(generator, x.device)
     dev = gen.device
@@ -612,7 +638,7 @@ def asit_corrupt(x: torch.Tensor, *, drop_perc: tuple[float, float] = (0.5, 0.7)
         alien = torch.zeros_like(alien)
     zero_frac = low + (high - low) * torch.rand(batch, generator=gen, device=dev)  # (B,)
     target = torch.where(alien, torch.full_like(zero_frac, drop_replace), zero_frac)  # (B,)
-    mask = _gmml_mask_for_target(target, height, width, max_block_frac, max_blocks, gen)  # (B, H, W)
+    mask = _gmml_mask_for_target(target, height, width, max_block_frac, max_blocks, gen, align)  # (B, H, W)
     source = _other_clip(batch, gen) if batch > 1 else torch.zeros(1, dtype=torch.long, device=dev)
 
     mask, alien, source = mask.to(x.device), alien.to(x.device), source.to(x.device)
