@@ -72,6 +72,9 @@ class RunSpec:
     pretrain_overrides: tuple[str, ...] = ()  # run_pretrain.py -o key=value
     overrides: tuple[str, ...] = ()  # run_downstream.py -o key=value
     layer: int | None = None  # run_downstream.py -l (None = weighted sum)
+    # named pretraining corpora (e.g. ["librispeech"]), given to a sweep as --pretrain-data NAME=DIR; several
+    # are pretrained on together; empty = the sweep's default --pretrain-data
+    pretrain_data: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,10 +255,15 @@ def _run(data: Any, path: Path, where: str) -> RunSpec | None:
         return None
     where = f"{where} run"
     d = _fields(data, path, where, ("upstream",),
-                ("ckpt", "pretrain", "pretrain_upstream", "pretrain_overrides", "overrides", "layer"))
+                ("ckpt", "pretrain", "pretrain_upstream", "pretrain_overrides", "overrides", "layer",
+                 "pretrain_data"))
     for key in ("ckpt", "pretrain", "pretrain_upstream"):
         if d.get(key) is not None:
             _text(d[key], path, where, key)
+    corpora = d.get("pretrain_data", [])
+    if not isinstance(corpora, list) or not all(isinstance(c, str) and c.isidentifier() for c in corpora):
+        raise PublishedError(f"{path}: {where}: 'pretrain_data' must be a list of corpus names (identifiers), "
+                             f"got {corpora!r}")
     for key in ("pretrain_overrides", "overrides"):
         items = d.get(key, [])
         if not isinstance(items, list) or not all(isinstance(s, str) and "=" in s for s in items):
@@ -266,9 +274,10 @@ def _run(data: Any, path: Path, where: str) -> RunSpec | None:
     spec = RunSpec(upstream=_text(d["upstream"], path, where, "upstream"), ckpt=d.get("ckpt"),
                    pretrain=d.get("pretrain"), pretrain_upstream=d.get("pretrain_upstream"),
                    pretrain_overrides=tuple(d.get("pretrain_overrides", [])),
-                   overrides=tuple(d.get("overrides", [])), layer=layer)
-    if spec.pretrain is None and (spec.pretrain_upstream or spec.pretrain_overrides):
-        raise PublishedError(f"{path}: {where}: 'pretrain_upstream' / 'pretrain_overrides' need 'pretrain'")
+                   overrides=tuple(d.get("overrides", [])), layer=layer, pretrain_data=tuple(corpora))
+    if spec.pretrain is None and (spec.pretrain_upstream or spec.pretrain_overrides or spec.pretrain_data):
+        raise PublishedError(f"{path}: {where}: 'pretrain_upstream' / 'pretrain_overrides' / 'pretrain_data' "
+                             f"need 'pretrain'")
     if spec.pretrain is not None and spec.pretrain_upstream is None:
         raise PublishedError(f"{path}: {where}: 'pretrain_upstream' is required when 'pretrain' is set")
     if spec.pretrain is not None and spec.ckpt is not None:

@@ -68,7 +68,8 @@ def _safe(name: str) -> str:
 @dataclass
 class SuiteOptions:
     data_root: str | None = None  # run_downstream.py --data-root (default $ASTBENCH_DATA)
-    pretrain_data: str | None = None  # run_pretrain.py --data for rows that pretrain
+    pretrain_data: str | None = None  # run_pretrain.py --data for rows that pretrain and name no corpus
+    pretrain_corpora: dict = field(default_factory=dict)  # corpus name -> folder or manifest (RunSpec.pretrain_data)
     seeds: Sequence[int] = (1337,)
     rows: Sequence[str] = ()  # only these row labels (empty: all)
     tasks: Sequence[str] = ()  # only these tasks
@@ -111,7 +112,8 @@ def pretrain_dir(run: RunSpec, opts: SuiteOptions) -> Path:
     """Where the pretraining of ``run`` lives: named by recipe plus a hash of everything that changes it, so
     rows (and tables) asking for the same pretraining share one run."""
     overrides = list(run.pretrain_overrides) + list(opts.pretrain_overrides)
-    key = "\n".join([str(run.pretrain_upstream), Path(run.pretrain).as_posix(), *overrides])
+    corpora = [f"data={'+'.join(run.pretrain_data)}"] if run.pretrain_data else []
+    key = "\n".join([str(run.pretrain_upstream), Path(run.pretrain).as_posix(), *overrides, *corpora])
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return Path(opts.expdir) / "pretrain" / f"{Path(run.pretrain).stem}-{digest}"
 
@@ -126,9 +128,8 @@ def ensure_pretrained(run: RunSpec, opts: SuiteOptions, log: Callable[[str], Non
         return done
     if done.is_file() and _pretrain_finished(out):
         return done
-    if not opts.pretrain_data:
-        raise SuiteError(f"row needs pretraining ({run.pretrain}) but no --pretrain-data was given")
-    argv = ["-u", run.pretrain_upstream, "-c", str(_repo_path(run.pretrain)), "--data", opts.pretrain_data,
+    data = pretrain_data(run, opts, out)
+    argv = ["-u", run.pretrain_upstream, "-c", str(_repo_path(run.pretrain)), "--data", data,
             "-n", out.name, "--expdir", str(out.parent)]
     for item in list(run.pretrain_overrides) + list(opts.pretrain_overrides):
         argv += ["-o", item]
@@ -145,6 +146,34 @@ def ensure_pretrained(run: RunSpec, opts: SuiteOptions, log: Callable[[str], Non
     if code != 0 or not done.is_file():
         raise SuiteError(f"pretraining {out} failed (exit code {code}); see its log above")
     return done
+
+
+def pretrain_data(run: RunSpec, opts: SuiteOptions, out: Path) -> str:
+    """The ``--data`` of ``run``'s pretraining: the sweep's default, the one corpus the row names, or for several
+    corpora a JSONL manifest of all their audio files written next to the run (``<out>.data.jsonl``)."""
+    from upstream.pretrain import list_audio_files
+
+    if not run.pretrain_data:
+        if not opts.pretrain_data:
+            raise SuiteError(f"row needs pretraining ({run.pretrain}) but no --pretrain-data DIR was given")
+        return opts.pretrain_data
+    missing = [name for name in run.pretrain_data if name not in opts.pretrain_corpora]
+    if missing:
+        raise SuiteError(f"row pretrains on {list(run.pretrain_data)}: pass --pretrain-data NAME=DIR for "
+                         f"{missing} (given: {sorted(opts.pretrain_corpora) or 'none'})")
+    if len(run.pretrain_data) == 1:
+        return opts.pretrain_corpora[run.pretrain_data[0]]
+    import json
+
+    manifest = out.with_name(out.name + ".data.jsonl")
+    if not manifest.is_file():  # written once: a resumed run must see the same file list
+        lines = [json.dumps({"path": str(Path(f).resolve())}) for name in run.pretrain_data
+                 for f in list_audio_files(opts.pretrain_corpora[name])]
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = manifest.with_name(manifest.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, manifest)
+    return str(manifest)
 
 
 def _pretrain_finished(out: Path) -> bool:
@@ -367,7 +396,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the suites and their job counts")
     p.add_argument("--dry-run", action="store_true", help="print the plan and whether each job is done")
     p.add_argument("--data-root", default=None, help="datasets folder (default $ASTBENCH_DATA)")
-    p.add_argument("--pretrain-data", default=None, help="unlabeled audio for rows that pretrain")
+    p.add_argument("--pretrain-data", action="append", default=[], metavar="[NAME=]DIR",
+                   help="unlabeled audio for rows that pretrain: DIR (or manifest) for rows naming no corpus, "
+                        "NAME=DIR for rows naming corpus NAME (e.g. librispeech=/data/LibriSpeech); repeatable")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337])
     p.add_argument("--rows", nargs="+", default=[], help="only these row labels")
     p.add_argument("--tasks", nargs="+", default=[], help="only these tasks")
@@ -382,6 +413,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-fast", action="store_true")
 
 
+def _parse_pretrain_data(items: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    default, corpora = None, {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if default is not None:
+                raise SuiteError(f"--pretrain-data given twice without a name: {default!r} and {item!r}")
+            default = item
+        elif not name.isidentifier():
+            raise SuiteError(f"--pretrain-data {item!r}: the corpus name must be an identifier")
+        else:
+            corpora[name] = path
+    return default, corpora
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.list or not args.suite:
@@ -390,7 +436,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{table.id:32s} {n:4d} jobs per seed  {table.source}: {table.title}")
             return 0
         table = get_table(args.suite)
-        opts = SuiteOptions(data_root=args.data_root, pretrain_data=args.pretrain_data, seeds=args.seeds,
+        default, corpora = _parse_pretrain_data(args.pretrain_data)
+        opts = SuiteOptions(data_root=args.data_root, pretrain_data=default, pretrain_corpora=corpora,
+                            seeds=args.seeds,
                             rows=args.rows, tasks=args.tasks, modes=args.modes, folds=args.folds,
                             expdir=args.expdir, results=args.results, device=args.device, cache_dir=args.cache_dir,
                             downstream_overrides=args.override, pretrain_overrides=args.pretrain_override,

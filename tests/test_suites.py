@@ -5,8 +5,8 @@ import pytest
 
 from benchmark import results
 from benchmark.published import Column, PaperTable, Row, RunSpec
-from benchmark.suites import (SuiteError, SuiteOptions, downstream_argv, ensure_pretrained, is_done, plan,
-                              pretrain_dir, run_suite)
+from benchmark.suites import (SuiteError, SuiteOptions, _parse_pretrain_data, downstream_argv, ensure_pretrained,
+                              is_done, plan, pretrain_data, pretrain_dir, run_suite)
 from tests.layouts import make_esc50, make_speech_commands_v2
 
 TINY = ("runner.total_steps=2", "runner.eval_step=1", "runner.batch_size=4", "runner.eval_batch_size=8")
@@ -201,3 +201,31 @@ def test_a_sweep_runs_under_torchrun_with_one_process_group(tmp_path):
     tests = [(r.task, r.mode, r.fold) for r in recs if r.split == "test"]
     assert len(tests) == len(set(tests)) == 2 * (1 + 5)  # each job once: modes x (keywords + 5 ESC folds)
     assert proc.stdout.count("## Demo") == 1  # the table is printed by rank 0 only
+
+
+def test_named_pretraining_corpora(tmp_path):
+    """Rows of the pretraining-data ablation name their corpora; several are pretrained on together."""
+    import json
+
+    dirs = {}
+    for name, n in (("audioset", 2), ("librispeech", 3)):
+        dirs[name] = tmp_path / name
+        for i in range(n):
+            (dirs[name] / "sub").mkdir(parents=True, exist_ok=True)
+            (dirs[name] / "sub" / f"{i}.wav").write_bytes(b"")
+    default, corpora = _parse_pretrain_data([str(tmp_path / "x"), f"audioset={dirs['audioset']}",
+                                             f"librispeech={dirs['librispeech']}"])
+    assert default == str(tmp_path / "x") and corpora == {k: str(v) for k, v in dirs.items()}
+    with pytest.raises(SuiteError, match="twice"):
+        _parse_pretrain_data(["a", "b"])
+    opts = SuiteOptions(expdir=str(tmp_path / "exp"), pretrain_data=default, pretrain_corpora=corpora)
+    one = RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("librispeech",)})
+    both = RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("audioset", "librispeech")})
+    assert pretrain_data(PRETRAIN, opts, pretrain_dir(PRETRAIN, opts)) == default
+    assert pretrain_data(one, opts, pretrain_dir(one, opts)) == str(dirs["librispeech"])
+    manifest = pretrain_data(both, opts, pretrain_dir(both, opts))
+    paths = [json.loads(line)["path"] for line in open(manifest)]
+    assert len(paths) == 5 and sum("librispeech" in p for p in paths) == 3
+    assert len({pretrain_dir(r, opts) for r in (PRETRAIN, one, both)}) == 3  # each corpus set pretrains apart
+    with pytest.raises(SuiteError, match=r"\['wavs'\]"):
+        pretrain_data(RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("wavs",)}), opts, tmp_path / "o")
