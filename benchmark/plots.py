@@ -49,7 +49,7 @@ def _values(table: PaperTable, records, col):
     for row in table.rows:
         s = cell_stats(records, table, row, col)
         ours.append(float("nan") if s.mean is None else s.mean * col.scale)
-        err.append(0.0 if s.std is None else s.std * col.scale)
+        err.append(float("nan") if s.std is None else s.std * col.scale)  # no bar without a spread
         p = row.values.get(col.key)
         paper.append(float("nan") if p is None else p)
     return ours, err, paper
