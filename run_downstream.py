@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         data = spec.read(r.data_root, r.fold)
         # seed before building: a random-init upstream (frozen, so not in the checkpoint) is then rebuilt exactly
         random.seed(r.seed), np.random.seed(r.seed), torch.manual_seed(r.seed)
-        up = upstreams.load(r.upstream, r.ckpt, **cfg.upstream_overrides)
+        up = upstreams.load(r.upstream, r.ckpt, **cfg.overrides_for(r.upstream))
     except (ValueError, ConfigError, DatasetLayoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -142,7 +142,7 @@ def _run(args, cfg, expdir, data, spec, up, device, dist_ctx) -> int:
     config_dict = config_to_dict(cfg)
     cache = None
     if not r.finetune and cfg.runner.feature_cache and not args.no_cache:
-        cache = FeatureCache(args.cache_dir or default_cache_dir(), up, r.upstream, cfg.upstream_overrides,
+        cache = FeatureCache(args.cache_dir or default_cache_dir(), up, r.upstream, cfg.overrides_for(r.upstream),
                              model.selection, r.seed, cfg.runner.eval_batch_size, device)
         if dist_ctx.enabled:  # rank 0 builds every shard once; the others read them
             if dist_ctx.is_main:

@@ -84,7 +84,21 @@ class DownstreamConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # -f PSLA recipes only
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     upstream_overrides: dict = field(default_factory=dict)  # passed to upstream.load (e.g. window_secs)
+    # overrides for one family only, keyed by its name prefix: {"ssast": {"target_length": 512}} applies to
+    # ssast_* upstreams (a recipe's input length is SSAST's setting; MAE-AST and ASiT take whole clips)
+    family_overrides: dict = field(default_factory=dict)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def overrides_for(self, upstream: str) -> dict:
+        """``upstream.load`` overrides of ``upstream``: its family's, then ``upstream_overrides`` on top."""
+        merged: dict = {}
+        for family, overrides in self.family_overrides.items():
+            if not isinstance(overrides, dict):
+                raise ValueError(f"family_overrides.{family} must be a mapping of upstream overrides, "
+                                 f"got {overrides!r}")
+            if upstream.startswith(f"{family}_"):
+                merged.update(overrides)
+        return {**merged, **self.upstream_overrides}
 
 
 # ------------------------------------------------------------------------------------------ model
