@@ -318,12 +318,15 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log, rank: int, group: _Dis
     records = results.load(opts.results, skip_corrupt=False)
     report, start = SuiteReport(), time.perf_counter()
     shas: dict[Path, str] = {}
+    ckpts: dict[RunSpec, Path | None] = {}  # one lookup per row: pretraining checks read the whole last.ckpt
     names: dict[Job, str] = {}
     for i, job in enumerate(jobs, 1):
         tag = f"[{i}/{len(jobs)}] {job.describe()}"
         try:
             name = names[job] = run_name(job, opts)
-            ckpt = job_checkpoint(job, opts, log)
+            if job.run not in ckpts:
+                ckpts[job.run] = job_checkpoint(job, opts, log)
+            ckpt = ckpts[job.run]
             sha = shas.setdefault(ckpt, file_sha256(ckpt)) if ckpt is not None else None
             if is_done(job, records, sha, name):
                 report.skipped.append(job)
