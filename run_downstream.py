@@ -7,13 +7,24 @@
     python run_downstream.py -m esc50-select -e exp/downstream/x_esc50_fold{1,2,3,4,5}_finetune
     torchrun --nproc_per_node 4 run_downstream.py -u ssast_patch_400 -d esc50 --fold 1 -f   # DDP
 
-Writes ``<expdir>/<expname>/{config.yaml, dev-best.ckpt, last.ckpt, evals.jsonl, events.*}`` and appends one
-``ResultRecord`` per evaluated split to ``--results`` (rank 0 only under ``torchrun``). Frozen runs cache the
-upstream's features under ``--cache-dir`` (``downstream.cache``).
+Writes ``<expdir>/<expname>/{config.yaml, run.json, dev-best.ckpt, last.ckpt, evals.jsonl, events.*}`` and
+appends one ``ResultRecord`` per evaluated split to ``--results`` (rank 0 only under ``torchrun``; a record
+already there for the same run, split and step is not written twice). Frozen runs cache the upstream's
+features under ``--cache-dir`` (``downstream.cache``).
+
+Run folders. Without ``-n`` the folder is named by upstream, task, fold, mode, layer and seed plus a hash of
+everything else that makes a run different (resolved config with overrides, checkpoint sha256, data root), so
+two runs that differ in anything never share a folder. A folder holding another configuration is refused
+(the differing keys are listed), as is one holding a run when ``--resume`` is not given; ``--resume``
+refuses a changed configuration except ``runner.total_steps`` (a run may be continued further),
+``runner.num_workers`` and ``runner.log_step``. Exit codes: 0 done, 2 bad arguments, config, data or run
+folder (one ``error:`` line), 3 a plug-in upstream breaks the contract, 4 non-finite training loss.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import random
 import sys
 from dataclasses import replace
@@ -25,14 +36,15 @@ import yaml
 
 import upstream as upstreams
 from benchmark import results
-from benchmark.config import ConfigError, config_from_dict, config_to_dict, dump_config, load_config
-from downstream import runner
+from benchmark.config import (ConfigError, config_from_dict, config_to_dict, ensure_writable_dir, load_config,
+                              run_dir_lock)
+from downstream import rundir, runner
 from downstream.cache import CACHE_ENV, FeatureCache, default_cache_dir
 from downstream.distributed import setup_distributed
 from downstream.metrics import esc50_select_runs
 from downstream.datasets import DatasetLayoutError
 from downstream.runner import DownstreamConfig, DownstreamModel, RunConfig
-from downstream.tasks import get_task
+from downstream.tasks import data_overrides, get_task
 from downstream.validate import errors, validate_upstream
 from upstream.registry import resolve_builder
 
@@ -52,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-e", "--from", dest="from_dir", nargs="+", default=None,
                    help="-m evaluate: the run's folder; -m esc50-select: the 5 fold runs' folders")
     p.add_argument("--ckpt", default=None, help="upstream checkpoint")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle checkpoints in full even where they name Python objects outside the official "
+                        "formats' allow-list: this can run code stored in the file (warns); off by default")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--fold", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from <expdir>/<expname>/last.ckpt")
@@ -63,6 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help=f"frozen-feature cache (default ${CACHE_ENV} or "
                    "~/.cache/astbench/features)")
     p.add_argument("--no-cache", action="store_true", help="frozen runs: run the upstream every epoch")
+    p.add_argument("--split-seed", type=int, default=None, help="folder/manifest without a split: seed of the "
+                   "per-class train/dev/test draw (default 0: the same split for every run; data.split_seed)")
+    p.add_argument("--split-ratios", default=None, metavar="TRAIN,DEV,TEST", help="folder/manifest without a "
+                   "split: fractions of the draw (default 0.8,0.1,0.1; data.split_ratios)")
+    p.add_argument("--strict-audio", action="store_true", help="refuse a dataset with unusable audio files, naming "
+                   "the first, instead of skipping and counting them (data.on_bad_audio=error)")
     return p.parse_args(argv)
 
 
@@ -71,6 +92,12 @@ def resolve_config(args) -> tuple[DownstreamConfig, Path]:
         if not args.from_dir or len(args.from_dir) != 1:
             raise ValueError("-m evaluate takes one run folder: -e EXPDIR")
         expdir = Path(args.from_dir[0])
+        for need in ("config.yaml", "dev-best.ckpt"):
+            if not (expdir / need).is_file():
+                raise ValueError(f"-m evaluate: {expdir} has no {need}: not the folder of a trained run")
+        if data_overrides(args.split_seed, args.split_ratios, args.strict_audio):
+            raise ValueError("--split-seed/--split-ratios/--strict-audio set a new run's data; -m evaluate uses "
+                             "the run's own (its config.yaml, section data)")
         cfg = config_from_dict(DownstreamConfig, yaml.safe_load((expdir / "config.yaml").read_text()),
                                f"{expdir / 'config.yaml'}")
         return (replace(cfg, run=replace(cfg.run, data_root=args.data_root)) if args.data_root else cfg), expdir
@@ -79,21 +106,41 @@ def resolve_config(args) -> tuple[DownstreamConfig, Path]:
     spec = get_task(args.task)
     spec.check_fold(args.fold)
     path = args.config or CONFIG_DIR / f"{args.task}{'_finetune' if args.finetune else ''}.yaml"
-    cfg = load_config(DownstreamConfig, path, args.override)
-    mode = "finetune" if args.finetune else "frozen"
-    name = args.expname or "_".join(x for x in [args.upstream.replace(":", "."), args.task,
-                                    f"fold{args.fold}" if args.fold else "", mode,
-                                    f"l{args.layer}" if args.layer is not None else ""] if x)
+    cfg = load_config(DownstreamConfig, path,
+                      [*args.override, *data_overrides(args.split_seed, args.split_ratios, args.strict_audio)])
     run = RunConfig(upstream=args.upstream, ckpt=args.ckpt, task=args.task, fold=args.fold,
                     finetune=args.finetune, layer=args.layer, seed=args.seed, data_root=args.data_root,
-                    expname=name, label=args.label)
-    return replace(cfg, run=run), Path(args.expdir) / name
+                    expname=args.expname, label=args.label)
+    cfg = replace(cfg, run=run)
+    name = args.expname or rundir.default_expname(cfg)
+    return replace(cfg, run=replace(run, expname=name)), Path(args.expdir) / name
+
+
+def _check_up_front(args, cfg: DownstreamConfig, expdir: Path) -> None:
+    """Everything about outputs that can fail, checked before any data is read or step trained."""
+    results.check_writable(args.results)
+    if args.mode == "train":
+        ensure_writable_dir(expdir.parent, "experiment folder (--expdir)")
+        rundir.check_before_run(expdir, cfg, args.resume, named=bool(args.expname))
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; for an exception re-raised from a DataLoader worker, the original
+    message rather than the worker's traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def _fail(err: BaseException) -> int:
+    print(f"error: {_one_line(err)}", file=sys.stderr)
+    return 2
 
 
 def esc50_select(args) -> int:
     """``-m esc50-select -e FOLD1 .. FOLD5``: SSAST's one epoch for all folds, printed as JSON."""
-    import json
-
     try:
         chosen = esc50_select_runs(args.from_dir or [])
     except (ValueError, FileNotFoundError) as err:
@@ -115,13 +162,16 @@ def main(argv=None) -> int:
         if cfg.augment.active and not r.finetune:
             raise ValueError("augment.* is set but this is a frozen run: augmentation is for -f PSLA runs only "
                              "(the frozen s3prl probes see clean clips)")
-        data = spec.read(r.data_root, r.fold)
+        _check_up_front(args, cfg, expdir)
+        if not r.finetune and cfg.runner.feature_cache and not args.no_cache:
+            ensure_writable_dir(args.cache_dir or default_cache_dir(), "feature cache folder (--cache-dir)")
+        data = spec.read(r.data_root, r.fold, cfg.data)
         # seed before building: a random-init upstream (frozen, so not in the checkpoint) is then rebuilt exactly
         random.seed(r.seed), np.random.seed(r.seed), torch.manual_seed(r.seed)
-        up = upstreams.load(r.upstream, r.ckpt, **cfg.overrides_for(r.upstream))
+        up = upstreams.load(r.upstream, r.ckpt, trust_checkpoint=args.trust_checkpoint,
+                            **cfg.overrides_for(r.upstream))
     except (ValueError, ConfigError, DatasetLayoutError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     if ":" in r.upstream:
         problems = validate_upstream(up)
         for prob in problems:
@@ -132,6 +182,8 @@ def main(argv=None) -> int:
     dist_ctx, device = setup_distributed(args.device)
     try:
         return _run(args, cfg, expdir, data, spec, up, device, dist_ctx)
+    except ValueError as err:  # ConfigError, DatasetLayoutError, AudioError met while training or evaluating
+        return _fail(err)
     finally:
         dist_ctx.close()
 
@@ -140,39 +192,58 @@ def _run(args, cfg, expdir, data, spec, up, device, dist_ctx) -> int:
     r = cfg.run
     model = DownstreamModel(up, data.num_classes, cfg.head, r.layer, r.finetune).to(device)
     config_dict = config_to_dict(cfg)
-    cache = None
-    if not r.finetune and cfg.runner.feature_cache and not args.no_cache:
-        cache = FeatureCache(args.cache_dir or default_cache_dir(), up, r.upstream, cfg.overrides_for(r.upstream),
-                             model.selection, r.seed, cfg.runner.eval_batch_size, device)
-        if dist_ctx.enabled:  # rank 0 builds every shard once; the others read them
+    with contextlib.ExitStack() as stack:
+        if args.mode == "train":  # rank 0 holds the run folder until its records are written
+            problem = None
             if dist_ctx.is_main:
-                for split in data.splits:
-                    cache.dataset(data, split, up.sample_rate, train=split == "train", seed=r.seed)
-            dist_ctx.barrier()
-    if args.mode == "train":
-        writer = None
-        if dist_ctx.is_main:
-            expdir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, expdir / "config.yaml")
+                try:
+                    stack.enter_context(run_dir_lock(expdir))
+                    sha = getattr(up, "checkpoint_sha256", None) or rundir.checkpoint_sha256(r.ckpt)
+                    rundir.claim(expdir, cfg, sha, args.resume)
+                except ValueError as err:
+                    problem = str(err)
+            problems = [p for p in dist_ctx.gather(problem) if p]
+            if problems:  # every rank stops, not only rank 0
+                raise ConfigError(problems[0])
+        cache = None
+        if not r.finetune and cfg.runner.feature_cache and not args.no_cache:
+            cache = FeatureCache(args.cache_dir or default_cache_dir(), up, r.upstream,
+                                 cfg.overrides_for(r.upstream), model.selection, r.seed, cfg.runner.eval_batch_size,
+                                 device)
+            if dist_ctx.enabled:  # rank 0 builds every shard once; the others read them
+                if dist_ctx.is_main:
+                    for split in data.splits:
+                        cache.dataset(data, split, up.sample_rate, train=split == "train", seed=r.seed)
+                dist_ctx.barrier()
+        if args.mode == "train":
+            writer = None
+            if dist_ctx.is_main:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    writer = SummaryWriter(str(expdir))
+                except ImportError:
+                    writer = None
             try:
-                from torch.utils.tensorboard import SummaryWriter
-                writer = SummaryWriter(str(expdir))
-            except ImportError:
-                writer = None
-        dist_ctx.barrier()
-        try:
-            runner.fit(model, data, spec, cfg, expdir, device, config_dict, resume=args.resume, writer=writer,
-                       cache=cache, dist_ctx=dist_ctx)
-        except FloatingPointError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 4
-        finally:
-            if writer is not None:
-                writer.close()
-    if not dist_ctx.is_main:
-        return 0
+                runner.fit(model, data, spec, cfg, expdir, device, config_dict, resume=args.resume, writer=writer,
+                           cache=cache, dist_ctx=dist_ctx, trust_checkpoint=args.trust_checkpoint)
+            except FloatingPointError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 4
+            finally:
+                if writer is not None:
+                    writer.close()
+        if not dist_ctx.is_main:
+            return 0
+        _evaluate_and_record(args, cfg, expdir, data, spec, up, model, device, cache, config_dict)
+    return 0
+
+
+def _evaluate_and_record(args, cfg, expdir, data, spec, up, model, device, cache, config_dict) -> None:
+    """Score the selected checkpoint on test (and the selection split) and append one record per split."""
+    r = cfg.run
     wa = cfg.schedule.wa and (expdir / "wa.ckpt").exists()  # recipes.md §6: AS-20K reports the WA model
-    state = runner.load_for_eval(model, expdir / ("wa.ckpt" if wa else "dev-best.ckpt"), device)
+    state = runner.load_for_eval(model, expdir / ("wa.ckpt" if wa else "dev-best.ckpt"), device,
+                                 trust_checkpoint=args.trust_checkpoint)
     splits = ["test"] + ([data.selection_split] if data.selection_split != "test" else [])
     # the record keeps the run's identity but no machine paths (data root, checkpoint path: its sha256 is kept)
     config_dict["run"] = {k: v for k, v in config_dict["run"].items() if k not in ("data_root", "ckpt")}
@@ -180,13 +251,13 @@ def _run(args, cfg, expdir, data, spec, up, device, dist_ctx) -> int:
         loader = runner.build_loader(data, spec, split, up.sample_rate, cfg.runner, r.seed, cache)
         value = runner.evaluate(model, loader, spec, device)[spec.metric]
         how = ", weight-averaged" if wa else ""
-        print(f"{r.expname}: {split} {spec.metric} = {value:.4f} (step {state['step']}{how})")
-        results.append(results.ResultRecord(
+        written = results.append(results.ResultRecord(
             upstream=r.upstream, ckpt_sha256=getattr(up, "checkpoint_sha256", None), task=r.task, split=split,
             metric=spec.metric, value=float(value), fold=r.fold, mode="finetune" if r.finetune else "frozen",
             layer=r.layer, seed=r.seed, config=config_dict, expname=r.expname, step=state["step"],
-            label=r.label), args.results)
-    return 0
+            label=r.label, dataset=data.identity(up.sample_rate)), args.results, unique=True)
+        note = "" if written else f" (already in {args.results}, not appended again)"
+        print(f"{r.expname}: {split} {spec.metric} = {value:.4f} (step {state['step']}{how}){note}")
 
 
 if __name__ == "__main__":

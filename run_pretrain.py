@@ -4,16 +4,24 @@
         -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu] [--fbank-cache DIR]
     torchrun --nproc_per_node 4 run_pretrain.py ...          # DDP: batch_size stays the global batch
 
-Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``upstream.pt`` (loads with
-``upstream.load("<any upstream of the family>", ckpt=...)``), ``losses.jsonl`` and ``tb/``. SIGTERM / Ctrl-C
-checkpoint after the step under way and exit 0; ``--resume`` continues exactly. Exit codes: 0 done or stopped,
-1 non-finite loss (last good checkpoint kept), 2 bad arguments, config or data.
+Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``losses.jsonl``, ``tb/`` and, once the
+run reaches ``max_steps`` (or ``--stop-at-step``), ``upstream.pt`` (loads with
+``upstream.load("<any upstream of the family>", ckpt=...)``). A folder holding a run is not written into
+without ``--resume``, nor with another configuration; ``--resume`` refuses changed settings (each differing
+key is named) unless ``--allow-config-change``. SIGTERM / Ctrl-C: ``last.ckpt`` is saved after the step under
+way (at the next ``log_every`` step under torchrun), no ``upstream.pt`` is written, and the exit code says
+so; ``--resume`` continues exactly.
+
+Exit codes: 0 done (``max_steps`` or ``--stop-at-step`` reached), 1 non-finite loss (the last good checkpoint,
+if any, kept), 2 bad arguments, config, data or run folder (one ``error:`` line), 128 + the signal's number
+when stopped by one (143 SIGTERM, 130 SIGINT).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, dotted for nested keys (optim.lr=1e-4, objective.mask_patch=250)")
     p.add_argument("--resume", action="store_true", help="continue from <expdir>/<name>/last.ckpt")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with changed settings (e.g. a lower optim.lr after a divergence); "
+                        "the old config.yaml is kept as config.to-step<K>.yaml")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --resume: unpickle last.ckpt in full even where it names Python objects this project "
+                        "never writes: this can run code stored in the file (warns); off by default")
     p.add_argument("--stop-at-step", type=int, metavar="N",
                    help="checkpoint and exit after N steps in all (schedules still end at max_steps)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
@@ -81,18 +95,29 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.allow_config_change and not args.resume:
+        p.error("--allow-config-change only applies with --resume")
     try:
-        result = pretrain(resolve_config(args), resume=args.resume, stop_at_step=args.stop_at_step)
+        result = pretrain(resolve_config(args), resume=args.resume, stop_at_step=args.stop_at_step,
+                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint)
     except (ConfigError, DataError) as err:
-        print(f"run_pretrain.py: error: {err}", file=sys.stderr)
+        print(f"run_pretrain.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         print(f"run_pretrain.py: error: {err}", file=sys.stderr)
         return 1
-    if rank == 0:
-        how = f"stopped by {result['stopped_by']}" if result["stopped_by"] else "done"
-        print(f"{how} at step {result['step']}: {result['out_dir']} "
-              f"(skipped files: {result['skipped_files']})")
+    stopped = result["stopped_by"]
+    if rank == 0 and stopped:
+        print(f"run_pretrain.py: stopped by {stopped} at step {result['step']} of {result['max_steps']}: "
+              f"last.ckpt saved in {result['out_dir']}, no upstream.pt written; continue with: run_pretrain.py "
+              f"-n {args.name} --expdir {args.expdir} --resume", file=sys.stderr)
+    elif rank == 0:
+        where = "" if result["step"] >= result["max_steps"] else f" of {result['max_steps']} (--stop-at-step)"
+        print(f"done at step {result['step']}{where}: {result['out_dir']} (skipped files: "
+              f"{result['skipped_files']})")
+    if stopped:  # the shell's convention for a process ended by a signal; a peer's signal counts as SIGTERM
+        sig = getattr(signal.Signals, stopped, signal.SIGTERM) if isinstance(stopped, str) else signal.SIGTERM
+        return 128 + int(sig)
     return 0
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import os_reason
+
 try:
     import fcntl
 except ImportError:  # Windows: O_APPEND single writes are still atomic for small lines on local disks
@@ -47,6 +49,9 @@ class ResultRecord:
     expname: str = ""
     step: int | None = None  # training step of the evaluated checkpoint
     label: str = ""  # the row this run belongs to in a table (a suite sets it; default: the upstream name)
+    # the data scored (downstream.datasets.TaskData.identity): name, root, file-list and split hashes, native
+    # sample rates, skipped files, training crop; {} in records written before it existed
+    dataset: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in ("frozen", "finetune"):
@@ -90,23 +95,73 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
-def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH) -> None:
-    """Append ``record`` as one JSON line, atomically with respect to other writers."""
+def check_writable(path: str | os.PathLike = DEFAULT_PATH) -> None:
+    """Raise ``ValueError`` naming ``path`` unless records can be appended to it (its folder is created).
+
+    Called before a run trains, so that an unwritable ``--results`` fails at once instead of after training
+    and evaluation, with the records lost. Leaves no empty file behind.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"results file {path} is a folder; give a file path such as {path / 'results.jsonl'}")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as err:
+        raise ValueError(f"results file {path} cannot be written: {os_reason(err)}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+# fields that differ between two records of one evaluation made at different times
+_NOT_IDENTITY = ("value", "timestamp", "code_version")
+
+
+def _same_evaluation(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in _NOT_IDENTITY)
+
+
+def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH, unique: bool = False) -> bool:
+    """Append ``record`` as one JSON line, atomically with respect to other writers.
+
+    With ``unique``, a record of the same evaluation (every field equal but the time stamp and code version)
+    with the same value is not written again, e.g. when ``-m evaluate`` re-scores a run already recorded;
+    one with another value (the data changed) is written. Returns whether a line was written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(dataclasses.asdict(record), default=str, allow_nan=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = dataclasses.asdict(record)
+    line = (json.dumps(data, default=str, allow_nan=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        if unique and _recorded(fd, json.loads(line)):  # read under the lock: no writer slips in between
+            return False
         view = memoryview(line)
         while view:  # one write in practice; loop only guards against a short write
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        return True
     finally:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _recorded(fd: int, new: dict) -> bool:
+    """Whether the file open as ``fd`` already holds ``new`` (same evaluation, same value)."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        f.seek(0)
+        for raw in f:
+            try:
+                old = json.loads(raw)
+            except ValueError:
+                continue  # a corrupt line is load()'s to report
+            if isinstance(old, dict) and _same_evaluation(old, new) and old.get("value") == new["value"]:
+                return True
+    return False
 
 
 def load(path: str | os.PathLike = DEFAULT_PATH, skip_corrupt: bool = False) -> list[ResultRecord]:

@@ -178,11 +178,12 @@ def pretrain_data(run: RunSpec, opts: SuiteOptions, out: Path) -> str:
 
 def _pretrain_finished(out: Path) -> bool:
     """True when ``out/last.ckpt`` has reached the run's ``max_steps`` (a stopped run is resumed)."""
-    import torch
     import yaml
 
+    from upstream.safe_load import load_checkpoint_file
+
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(out / "last.ckpt", what="pretraining checkpoint")  # never runs code from it
     return int(state["step"]) >= int(cfg["max_steps"])
 
 

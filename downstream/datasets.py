@@ -27,6 +27,21 @@ select on the test/eval set (per-epoch eval for AS, the fold-averaged curve for 
 ``ClipDataset`` loads a clip as mono float32 in [-1, 1) at the upstream's sample rate (soxr resampling),
 applies the clip's crop (random for training, reproducible otherwise) and returns ``(wav, label, uid)``;
 ``collate`` batches these.
+
+Real recordings are messy, so a run does not use a reader's ``TaskData`` as is: ``prepare_task`` (called by
+``downstream.tasks.TaskSpec.read`` for every task) first
+
+1. scans every listed file's header (``upstream.frontend.probe_audio``: frames, rate, channels; ~50 us a file,
+   threads for large sets; float-sample files are also decoded, the only way to find NaN/inf). Files that
+   cannot be used (0 bytes or 0 samples, no readable header: random bytes, text, a truncated header, NaN/inf
+   samples) are skipped and counted, in one log line per dataset and in ``TaskData.identity()`` (which goes
+   into every result record); ``DataConfig.on_bad_audio="error"`` (``--strict-audio``) refuses the dataset
+   instead, naming the first bad file. A listed file that does not exist is always an error.
+2. checks the labels: at least 2 classes in train, and no dev/test class that train never shows.
+3. crops long training clips (``DataConfig.max_train_secs``; 10 s for folder/manifest) at a random position,
+   and drops crops longer than their clip, so only clips that are really cropped bypass the feature cache.
+4. orders every split longest first, so evaluation batches and the feature-cache build group clips of
+   similar length (``downstream.batching``).
 """
 
 from __future__ import annotations
@@ -37,23 +52,29 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-try:  # the project's shared audio reader, when present
-    from upstream.frontend import load_audio as _frontend_load_audio
-except ImportError:  # keep the datasets usable on their own
-    _frontend_load_audio = None
+from upstream.frontend import AudioError, AudioInfo, load_audio, probe_audio
+
+# The shared audio reader; read_audio falls back to soundfile + soxr when this is None (tests check both agree).
+_frontend_load_audio: Callable | None = load_audio
 
 __all__ = [
     "DatasetLayoutError",
     "Clip",
+    "DataConfig",
+    "AudioScan",
     "TaskData",
+    "prepare_task",
+    "scan_task",
+    "check_labels",
     "ClipDataset",
     "collate",
     "class_balanced_weights",
@@ -77,9 +98,13 @@ __all__ = [
 
 SPLITS = ("train", "dev", "test")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
-# Above this many listed files, existence is checked when a clip is loaded instead of up front: stat-ing the
-# 150k VoxCeleb1 files on a network disk takes minutes, while small sets are cheap to check completely.
+# Above this many listed files, a reader leaves the existence check to the header scan (``scan_task``), which
+# opens every file anyway: stat-ing 150k VoxCeleb1 files twice on a network disk would double the wait.
 EAGER_CHECK_LIMIT = 5000
+# The header scan runs this many threads for sets above SCAN_THREADS_FROM files (opening files waits on the disk,
+# and libsndfile releases the GIL).
+SCAN_THREADS = 16
+SCAN_THREADS_FROM = 256
 
 
 class DatasetLayoutError(ValueError):
@@ -103,6 +128,8 @@ class Clip:
             SID train: ``max_timestep`` = 8 s).
         random_crop: draw the window position at random (else the window starts at 0).
         gain_db: gain applied after loading; KS1 uses -3 dB, as s3prl's sox ``gain -3.0`` effect.
+        num_frames: samples per channel at the file's own rate, from the header scan (None before it).
+        native_sr: the file's sample rate, from the header scan (None before it).
     """
 
     path: Path
@@ -113,11 +140,88 @@ class Clip:
     crop_secs: float | None = None
     random_crop: bool = False
     gain_db: float = 0.0
+    num_frames: int | None = None
+    native_sr: int | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.uid:
             self.uid = "/".join(self.path.parts[-2:])
+
+    @property
+    def duration_secs(self) -> float | None:
+        """Length of the file in seconds (None before the header scan)."""
+        return None if self.num_frames is None or not self.native_sr else self.num_frames / self.native_sr
+
+    @property
+    def loaded_secs(self) -> float | None:
+        """Seconds the loader returns: the file's length, or its crop when that is shorter."""
+        secs = self.duration_secs
+        if secs is None or self.crop_secs is None:
+            return secs
+        return min(secs, self.crop_secs)
+
+
+@dataclass
+class DataConfig:
+    """How a downstream run treats its dataset (``data.*`` in the run config; saved with the run).
+
+    ``null`` for ``max_train_secs`` / ``group_by_length`` / ``split_*`` means the task's default
+    (``downstream.tasks.TaskSpec``), so one config serves every task.
+    """
+
+    # skip: unusable files (empty, unreadable header, text, random bytes, NaN/inf samples) are left out and
+    # counted in the log and the result record; error: the dataset is refused, naming the first (--strict-audio)
+    on_bad_audio: Literal["skip", "error"] = "skip"
+    # training clips longer than this are cropped at a random position (each epoch anew), so one long
+    # recording cannot make its batch cost its length; null = task default (10 s for folder/manifest, the paper
+    # tasks keep their recipes' crops), 0 = never crop
+    max_train_secs: float | None = None
+    # training batches draw clips of similar length (padding follows each clip's own length); null = task
+    # default (on for folder/manifest; the paper tasks keep s3prl's uniformly random batches)
+    group_by_length: bool | None = None
+    group_window: int = 50  # micro-batches whose clips are sorted by length together before being shuffled
+    # folder/manifest without split folders/column: the seeded per-class train/dev/test draw (--split-seed,
+    # --split-ratios); null = seed 0 and (0.8, 0.1, 0.1). The seed is not the run's --seed on purpose: every
+    # run and every upstream is then scored on the same test clips, as on the paper tasks' fixed splits
+    split_seed: int | None = None
+    split_ratios: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_train_secs is not None and not self.max_train_secs >= 0:
+            raise ValueError(f"max_train_secs must be >= 0 seconds (0 = never crop), got {self.max_train_secs}")
+        if self.group_window < 1:
+            raise ValueError(f"group_window must be >= 1 micro-batch, got {self.group_window}")
+        if self.split_ratios is not None:
+            _check_ratios(self.split_ratios, "split_ratios")
+
+
+@dataclass
+class AudioScan:
+    """What the header scan of a task's files found (``scan_task``).
+
+    Attributes:
+        files: distinct files listed (a file listed in two splits, as KS1's noise files, counts once).
+        skipped: reason (``AudioError.reason``: empty, unreadable, text, non_finite) -> files left out.
+        first_skipped: the first unusable file (listing order), relative to the data root, and its problem.
+        sample_rates: native sample rate -> usable files.
+        channels: channel count -> usable files.
+        total_secs: usable audio in seconds.
+        files_sha256: sha256 (16 hex digits) of the sorted (path relative to the data root, size in bytes)
+            pairs of every listed file: the dataset's identity, the same on any machine.
+    """
+
+    files: int
+    skipped: dict[str, int]
+    first_skipped: str
+    sample_rates: dict[int, int]
+    channels: dict[int, int]
+    total_secs: float
+    files_sha256: str
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
 
 
 @dataclass
@@ -131,6 +235,14 @@ class TaskData:
         splits: ``{"train": [...], "dev": [...], "test": [...]}``; ``dev`` is absent for AS-20K and ESC-50.
         selection_split: split that picks the checkpoint/epoch: ``dev``, or ``test`` where the recipe says so.
         sample_rate_hint: native sample rate of the files as distributed (None if unknown).
+
+    Set by ``prepare_task`` (defaults: a reader's raw output):
+        audio: the header scan's findings.
+        root_label: the data root as given when relative, else its last component (no machine paths).
+        split_rule: how the splits were made: ``{"source": "layout"}`` or ``{"source": "drawn", "seed": s,
+            "ratios": [...]}``.
+        max_train_secs: the training crop applied (None: none).
+        group_by_length, group_window: how training batches are drawn (``downstream.batching``).
     """
 
     name: str
@@ -139,10 +251,66 @@ class TaskData:
     splits: dict[str, list[Clip]]
     selection_split: str = "dev"
     sample_rate_hint: int | None = None
+    audio: AudioScan | None = None
+    root_label: str = ""
+    split_rule: dict = field(default_factory=dict)
+    max_train_secs: float | None = None
+    group_by_length: bool = False
+    group_window: int = 50
+    _noted_rates: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def resampling_note(self, sample_rate: int) -> str | None:
+        """One line saying which native rates are resampled to ``sample_rate`` (None when none differ)."""
+        if self.audio is None:
+            return None
+        other = {sr: n for sr, n in self.audio.sample_rates.items() if sr != sample_rate}
+        if not other:
+            return None
+        rates = ", ".join(f"{n} at {sr} Hz" for sr, n in sorted(other.items()))
+        line = f"{self.name}: resampling {sum(other.values())} of {sum(self.audio.sample_rates.values())} files " \
+               f"({rates}) to the upstream's {sample_rate} Hz"
+        low = min(other)
+        if low < sample_rate:
+            line += f"; above {low // 2} Hz (the files' Nyquist frequency) the features see no signal"
+        return line
+
+    def note_resampling(self, sample_rate: int, log: Callable[[str], None] = print) -> None:
+        """Log :meth:`resampling_note` once per dataset and model rate."""
+        if sample_rate not in self._noted_rates:
+            self._noted_rates.add(sample_rate)
+            note = self.resampling_note(sample_rate)
+            if note:
+                log(note)
+
+    def identity(self, sample_rate: int | None = None) -> dict:
+        """What a result record keeps of this dataset: name, root, file-list and split hashes, native rates,
+        skipped files, crop and batching; JSON-able, without machine paths.
+
+        Args:
+            sample_rate: the upstream's rate, to count the files resampled to it.
+        """
+        out: dict[str, Any] = {"name": self.name, "root": self.root_label,
+                               "clips": {s: len(c) for s, c in self.splits.items()},
+                               "splits_sha256": _splits_digest(self), "split": dict(self.split_rule),
+                               "max_train_secs": self.max_train_secs,
+                               "cropped_train_clips": sum(1 for c in self.splits.get("train", [])
+                                                          if c.crop_secs is not None),
+                               "group_by_length": self.group_by_length}
+        scan = self.audio
+        if scan is not None:
+            out.update(files=scan.files, files_sha256=scan.files_sha256, skipped=dict(scan.skipped),
+                       num_skipped=scan.num_skipped, first_skipped=scan.first_skipped,
+                       native_sample_rates={str(k): v for k, v in sorted(scan.sample_rates.items())},
+                       channels={str(k): v for k, v in sorted(scan.channels.items())},
+                       hours=round(scan.total_secs / 3600, 4))
+            if sample_rate is not None:
+                out.update(sample_rate=sample_rate,
+                           resampled_files=sum(n for sr, n in scan.sample_rates.items() if sr != sample_rate))
+        return out
 
     def dataset(self, split: str, sample_rate: int, train: bool | None = None, seed: int = 0) -> ClipDataset:
         """A ``ClipDataset`` over one split; ``train`` defaults to ``split == "train"``."""
@@ -182,7 +350,7 @@ def _check_fold(task: str, fold: Any, num_folds: int) -> int:
 def _check_files_exist(clips: Sequence[Clip], listed_in: Path) -> None:
     """Check that every clip's file exists, for lists short enough to stat quickly (``EAGER_CHECK_LIMIT``)."""
     if len(clips) > EAGER_CHECK_LIMIT:
-        return  # ClipDataset checks each file when it loads it
+        return  # scan_task (every run) and ClipDataset check each file
     missing = [c.path for c in clips if not c.path.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -198,6 +366,13 @@ def _audio_files(directory: Path) -> list[Path]:
     )
 
 
+def _check_ratios(ratios: Sequence[float], name: str) -> None:
+    ok = len(ratios) == 3 and all(r >= 0 for r in ratios) and ratios[0] > 0 and math.isclose(sum(ratios), 1.0)
+    if not ok:
+        raise ValueError(f"{name} must be 3 numbers train,dev,test >= 0 summing to 1 with train > 0, e.g. "
+                         f"0.8,0.1,0.1; got {tuple(ratios)}")
+
+
 def _stratified_split(labels: Sequence[int], ratios: Sequence[float], seed: int) -> list[str]:
     """Seeded per-class train/dev/test assignment.
 
@@ -207,8 +382,7 @@ def _stratified_split(labels: Sequence[int], ratios: Sequence[float], seed: int)
     Returns:
         One split name per label.
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0):
-        raise ValueError(f"split ratios must be 3 non-negative numbers summing to 1, got {tuple(ratios)}")
+    _check_ratios(ratios, "split ratios")
     rng = np.random.default_rng(seed)
     out = ["train"] * len(labels)
     by_class: dict[int, list[int]] = {}
@@ -552,7 +726,8 @@ def voxceleb1(
     longer than ``max_timestep`` samples are randomly cropped when loaded; dev and test use full length.
 
     The split file and the speaker folders are checked up front. With more than ``EAGER_CHECK_LIMIT`` lines
-    (the real set has 153,516) single files are checked only when loaded, since stat-ing them all is slow.
+    (the real set has 153,516) single files are left to the header scan of a run (``prepare_task``), which opens
+    every file anyway, or to the loader.
 
     Args:
         root: VoxCeleb1 folder holding ``dev/wav`` and ``test/wav``.
@@ -748,7 +923,8 @@ def folder(root: str | Path, seed: int = 0, ratios: Sequence[float] = (0.8, 0.1,
     for path, label, split in found:
         splits[split].append(Clip(path, label, split, uid=path.relative_to(root).as_posix()))
     _require_splits("folder dataset", splits, root)
-    return TaskData("folder", class_names, False, splits, selection_split="dev")
+    rule = {"source": "layout"} if present else {"source": "drawn", "seed": seed, "ratios": list(ratios)}
+    return TaskData("folder", class_names, False, splits, selection_split="dev", split_rule=rule)
 
 
 def _read_manifest_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -836,7 +1012,8 @@ def manifest(path: str | Path, seed: int = 0, ratios: Sequence[float] = (0.8, 0.
         splits[split].append(Clip(audio, label, split, uid=uid))
     _require_splits("manifest", splits, path)
     _check_files_exist([c for s in SPLITS for c in splits[s]], path)
-    return TaskData("manifest", classes, multilabel, splits, selection_split="dev")
+    rule = {"source": "layout"} if with_split else {"source": "drawn", "seed": seed, "ratios": list(ratios)}
+    return TaskData("manifest", classes, multilabel, splits, selection_split="dev", split_rule=rule)
 
 
 READERS: dict[str, Callable[..., TaskData]] = {
@@ -849,6 +1026,195 @@ READERS: dict[str, Callable[..., TaskData]] = {
     "folder": folder,
     "manifest": manifest,
 }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preparing a task for a run: header scan, label checks, training crops, length order
+# ----------------------------------------------------------------------------------------------------------
+def _listed_files(data: TaskData) -> list[tuple[Path, Clip]]:
+    """Distinct files in listing order (splits in ``SPLITS`` order), each with the first clip listing it."""
+    seen: dict[Path, Clip] = {}
+    order = [s for s in SPLITS if s in data.splits] + [s for s in data.splits if s not in SPLITS]
+    for split in order:
+        for clip in data.splits[split]:
+            seen.setdefault(clip.path, clip)
+    return list(seen.items())
+
+
+def _probe(path: Path) -> AudioInfo | AudioError:
+    try:
+        return probe_audio(path)
+    except AudioError as err:
+        return err
+
+
+def _relative(path: Path, base: Path | None, clip: Clip) -> str:
+    """``path`` relative to the data root, or the clip's id for a file outside it (AS-20K absolute paths)."""
+    if base is not None:
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return f"{clip.split}:{clip.uid}"
+
+
+def scan_task(data: TaskData, on_bad_audio: str = "skip", base: Path | None = None,
+              log: Callable[[str], None] = print) -> TaskData:
+    """Read every listed file's header; skip (and count) or refuse the unusable ones.
+
+    Args:
+        data: a reader's output.
+        on_bad_audio: ``"skip"`` or ``"error"`` (``DataConfig.on_bad_audio``).
+        base: the data root, that file paths in ``AudioScan.files_sha256`` are taken relative to.
+        log: receives one line when files are skipped.
+
+    Returns:
+        A copy of ``data`` whose clips carry ``num_frames``/``native_sr``, without the unusable files, with
+        ``audio`` set.
+
+    Raises:
+        DatasetLayoutError: a listed file does not exist; or, with ``"error"``, the first unusable file.
+    """
+    if on_bad_audio not in ("skip", "error"):
+        raise ValueError(f"on_bad_audio must be 'skip' or 'error', got {on_bad_audio!r}")
+    listed = _listed_files(data)
+    paths = [p for p, _ in listed]
+    if len(paths) >= SCAN_THREADS_FROM:
+        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+            found = list(pool.map(_probe, paths))
+    else:
+        found = [_probe(p) for p in paths]
+    info: dict[Path, AudioInfo] = {}
+    bad: list[tuple[Path, str, AudioError]] = []  # (path, path relative to the data root, error)
+    digest = []
+    for (path, clip), result in zip(listed, found, strict=True):
+        if isinstance(result, AudioError) and result.reason == "missing":
+            raise DatasetLayoutError(f"audio file '{path}' ({clip.split} clip {clip.uid}) does not exist")
+        size = result.size_bytes if isinstance(result, AudioInfo) else _size(path)
+        rel = _relative(path, base, clip)
+        digest.append(f"{rel}\t{size}")
+        if isinstance(result, AudioError):
+            bad.append((path, rel, result))
+        else:
+            info[path] = result
+    if bad and on_bad_audio == "error":
+        path, _, err = bad[0]
+        more = f" ({len(bad) - 1} more unusable file(s) after it)" if len(bad) > 1 else ""
+        raise DatasetLayoutError(f"{data.name}: audio file {path} cannot be used ({err.detail}){more}; remove or "
+                                 "repair it, or let the run skip and count unusable files (without --strict-audio: "
+                                 "data.on_bad_audio=skip)")
+    skipped: dict[str, int] = {}
+    for _, _, err in bad:
+        skipped[err.reason] = skipped.get(err.reason, 0) + 1
+    if bad:
+        counts = ", ".join(f"{n} {reason.replace('_', '-')}" for reason, n in sorted(skipped.items()))
+        log(f"{data.name}: skipped {len(bad)} of {len(paths)} files: {counts}; "
+            f"first: {bad[0][0]} ({bad[0][2].detail})")
+    splits = {
+        split: [replace(c, num_frames=info[c.path].frames, native_sr=info[c.path].sample_rate)
+                for c in clips if c.path in info]
+        for split, clips in data.splits.items()
+    }
+    rates: dict[int, int] = {}
+    channels: dict[int, int] = {}
+    for item in info.values():
+        rates[item.sample_rate] = rates.get(item.sample_rate, 0) + 1
+        channels[item.channels] = channels.get(item.channels, 0) + 1
+    scan = AudioScan(
+        files=len(paths), skipped=skipped, first_skipped=f"{bad[0][1]} ({bad[0][2].detail})" if bad else "",
+        sample_rates=rates,
+        channels=channels, total_secs=sum(i.duration_secs for i in info.values()),
+        files_sha256=hashlib.sha256("\n".join(sorted(digest)).encode()).hexdigest()[:16],
+    )
+    return replace(data, splits=splits, audio=scan, _noted_rates=set())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _class_names(data: TaskData, labels: set[int]) -> str:
+    return ", ".join(repr(data.classes[i]) for i in sorted(labels))
+
+
+def check_labels(data: TaskData) -> None:
+    """Refuse a task a classifier cannot be trained and scored on.
+
+    Raises:
+        DatasetLayoutError: a split has no clips (e.g. all skipped), train shows fewer than 2 classes (the
+            accuracy of a 1-class problem is 1.0 whatever the model), or a dev/test clip has a class train
+            never shows (no model can learn it); the message names the classes and the split.
+    """
+    num_skipped = data.audio.num_skipped if data.audio is not None else 0
+    skipped = f" ({num_skipped} unusable files were skipped)" if num_skipped else ""
+    for split, clips in data.splits.items():
+        if not clips:
+            raise DatasetLayoutError(f"{data.name}: the {split} split has no usable clips{skipped}")
+
+    def seen(clips: list[Clip]) -> set[int]:
+        return {lab for c in clips for lab in (c.label if isinstance(c.label, list) else [c.label])}
+
+    train = seen(data.splits["train"])
+    if len(train) < 2:
+        raise DatasetLayoutError(
+            f"{data.name}: the train split has only {len(train)} class ({_class_names(data, train)}); a classifier "
+            f"needs at least 2 (a 1-class task scores 1.0 whatever the model){skipped}")
+    for split in [s for s in SPLITS if s != "train" and s in data.splits]:
+        unseen = seen(data.splits[split]) - train
+        if unseen:
+            raise DatasetLayoutError(
+                f"{data.name}: class(es) {_class_names(data, unseen)} appear in the {split} split but never in "
+                f"train, so no model can learn them; move some of their clips to train or remove them{skipped}")
+
+
+def crop_training(data: TaskData, max_train_secs: float | None) -> TaskData:
+    """Training clips longer than ``max_train_secs`` get a random crop of that length (a reader's shorter crop
+    is kept); crops at least as long as their clip are dropped in every split (nothing to cut), so such clips
+    can be cached. Needs the header scan's lengths; None or 0 crops nothing."""
+    limit = max_train_secs or None
+
+    def crop(c: Clip) -> Clip:
+        if c.split == "train" and limit is not None and (c.crop_secs is None or c.crop_secs > limit):
+            c = replace(c, crop_secs=limit, random_crop=True)
+        if c.crop_secs is not None and c.duration_secs is not None and c.duration_secs <= c.crop_secs:
+            c = replace(c, crop_secs=None, random_crop=False)
+        return c
+
+    splits = {s: [crop(c) for c in clips] for s, clips in data.splits.items()}
+    return replace(data, splits=splits, max_train_secs=limit)
+
+
+def sort_by_length(data: TaskData) -> TaskData:
+    """Every split ordered longest first by the seconds the loader returns (ties keep the reader's order)."""
+    def key(c: Clip) -> float:
+        return -(c.loaded_secs or 0.0)
+
+    return replace(data, splits={s: sorted(clips, key=key) for s, clips in data.splits.items()})
+
+
+def prepare_task(data: TaskData, on_bad_audio: str = "skip", max_train_secs: float | None = None,
+                 group_by_length: bool = False, group_window: int = 50, base: Path | None = None,
+                 root_label: str = "", split_rule: dict | None = None,
+                 log: Callable[[str], None] = print) -> TaskData:
+    """A reader's ``TaskData`` made ready for a run: :func:`scan_task`, :func:`check_labels`,
+    :func:`crop_training`, :func:`sort_by_length`, and the batching settings (see the module docstring).
+
+    ``downstream.tasks.TaskSpec.read`` calls it with the task's defaults merged with ``DataConfig``.
+    """
+    data = scan_task(data, on_bad_audio, base, log)
+    check_labels(data)
+    data = sort_by_length(crop_training(data, max_train_secs))
+    return replace(data, group_by_length=group_by_length, group_window=group_window, root_label=root_label,
+                   split_rule=dict(split_rule or {}), _noted_rates=set())
+
+
+def _splits_digest(data: TaskData) -> str:
+    """sha256 (16 hex digits) of every clip's (split, id, label): which clip is in which split."""
+    rows = sorted(f"{s}\t{c.uid}\t{c.label}" for s, clips in data.splits.items() for c in clips)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------------

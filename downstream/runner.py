@@ -20,12 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from benchmark.config import temp_path
+from upstream.safe_load import load_checkpoint_file
 
 from . import metrics
 from .augment import AugmentConfig, AugmentedFrontend, ScheduleConfig, WeightAverage, lr_factor, mixup
 from .cache import CachedDataset, FeatureBatch, FeatureCache, collate_features, select_features
-from .datasets import TaskData, class_balanced_weights, collate
+from .batching import LengthGroupedSampler, length_batches
+from .datasets import DataConfig, TaskData, class_balanced_weights, collate
 from .distributed import DistContext, StepBatchSampler
 from .featurizer import Featurizer
 from .heads import PSLAHead, UtteranceHead
@@ -45,6 +49,13 @@ class RunnerConfig:
     num_workers: int = 0
     feature_cache: bool = True  # frozen runs: upstream features computed once, read from disk (downstream.cache)
 
+    def __post_init__(self):
+        _at_least(self, 1, "total_steps", "eval_step", "log_step", "batch_size", "eval_batch_size",
+                  "gradient_accumulate_steps")
+        _at_least(self, 0, "num_workers")
+        if not self.gradient_clipping > 0:  # also refuses NaN
+            raise ValueError(f"gradient_clipping must be > 0 (s3prl: 1.0), got {self.gradient_clipping}")
+
 
 @dataclass
 class OptimizerConfig:
@@ -52,12 +63,30 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # SSAST PSLA recipe: (0.95, 0.999)
     weight_decay: float = 0.0  # SSAST PSLA recipe: 5e-7
 
+    def __post_init__(self):
+        if not self.lr > 0:  # also refuses NaN
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
 
 @dataclass
 class HeadConfig:
     kind: Literal["utterance", "psla"] = "utterance"  # s3prl UtteranceLevel | SSAST ft_avgtok mlp_head
     feature: Literal["hidden_states", "last_hidden_state"] = "hidden_states"  # s3prl -s
     proj_dim: int = 256
+
+    def __post_init__(self):
+        _at_least(self, 1, "proj_dim")
+
+
+def _at_least(cfg, low: int, *names: str) -> None:
+    """ValueError naming the first field of ``cfg`` below ``low`` (the config loader adds its section)."""
+    for name in names:
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
 
 
 @dataclass
@@ -75,6 +104,10 @@ class RunConfig:
     expname: str = ""
     label: str = ""  # table row (benchmark suites); empty = the upstream name
 
+    def __post_init__(self):
+        if not 0 <= self.seed < 2**32:  # what numpy's global seed takes
+            raise ValueError(f"seed must lie in 0..2**32-1, got {self.seed}")
+
 
 @dataclass
 class DownstreamConfig:
@@ -88,6 +121,7 @@ class DownstreamConfig:
     # ssast_* upstreams (a recipe's input length is SSAST's setting; MAE-AST and ASiT take whole clips)
     family_overrides: dict = field(default_factory=dict)
     run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # bad files, training crops, batching, folder splits
 
     def overrides_for(self, upstream: str) -> dict:
         """``upstream.load`` overrides of ``upstream``: its family's, then ``upstream_overrides`` on top."""
@@ -194,6 +228,7 @@ def build_optimizer(model: DownstreamModel, cfg: OptimizerConfig, device: torch.
 
 
 def _dataset(data: TaskData, split: str, sample_rate: int, train: bool, seed: int, cache: FeatureCache | None):
+    data.note_resampling(sample_rate)  # once per dataset: which native rates become the upstream's
     if cache is not None:
         return cache.dataset(data, split, sample_rate, train=train, seed=seed)
     return data.dataset(split, sample_rate, train=train, seed=seed)
@@ -205,28 +240,35 @@ def _collate(ds) -> Callable:
 
 def build_loader(data: TaskData, spec: TaskSpec, split: str, sample_rate: int, cfg: RunnerConfig,
                  seed: int, cache: FeatureCache | None = None) -> DataLoader:
-    """Evaluation loader: class-balanced with a fixed draw for KS1's dev split (s3prl), else in order."""
+    """Evaluation loader: class-balanced with a fixed draw for KS1's dev split (s3prl), else whole clips in
+    the split's longest-first order, in batches whose padded length follows the clips' own
+    (``batching.length_batches``)."""
     ds = _dataset(data, split, sample_rate, False, seed, cache)
     clips = ds.ds.clips if isinstance(ds, CachedDataset) else ds.clips
     if spec.balanced_sampling and split == "dev":
         sampler = WeightedRandomSampler(class_balanced_weights(clips), len(ds),
                                         generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(ds)
-    return DataLoader(ds, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=_collate(ds),
-                      num_workers=cfg.num_workers)
+        return DataLoader(ds, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=_collate(ds),
+                          num_workers=cfg.num_workers)
+    batches = length_batches([c.loaded_secs for c in clips], range(len(clips)), cfg.eval_batch_size)
+    return DataLoader(ds, batch_sampler=batches, collate_fn=_collate(ds), num_workers=cfg.num_workers)
 
 
 def train_loader(data: TaskData, spec: TaskSpec, sample_rate: int, cfg: RunnerConfig, seed: int, start_step: int,
                  dist_ctx: DistContext, cache: FeatureCache | None = None) -> DataLoader:
     """This rank's micro-batches from optimizer step ``start_step`` to ``cfg.total_steps`` (shuffled, or
-    class-balanced for KS1), a pure function of ``(seed, step)``."""
+    class-balanced for KS1; grouped by length where ``data.group_by_length``), a pure function of
+    ``(seed, step)``."""
     ds = _dataset(data, "train", sample_rate, True, seed, cache)
     clips = ds.ds.clips if isinstance(ds, CachedDataset) else ds.clips
     acc = cfg.gradient_accumulate_steps
-    sampler = StepBatchSampler(len(ds), cfg.batch_size, seed, start_step * acc, cfg.total_steps * acc,
-                               class_balanced_weights(clips) if spec.balanced_sampling else None,
-                               dist_ctx.rank, dist_ctx.world_size)
+    args = (cfg.batch_size, seed, start_step * acc, cfg.total_steps * acc,
+            class_balanced_weights(clips) if spec.balanced_sampling else None, dist_ctx.rank, dist_ctx.world_size)
+    secs = [c.loaded_secs for c in clips]
+    if data.group_by_length and None not in secs:
+        sampler = LengthGroupedSampler(secs, *args, window=data.group_window)
+    else:
+        sampler = StepBatchSampler(len(ds), *args)
     # own generator: creating the iterator must not draw from the global RNG, or a resumed run diverges
     return DataLoader(ds, batch_sampler=sampler, collate_fn=_collate(ds), num_workers=cfg.num_workers,
                       generator=torch.Generator().manual_seed(seed))
@@ -299,9 +341,41 @@ def evaluate(model: DownstreamModel, loader: DataLoader, spec: TaskSpec, device:
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary name unique to this writer, then rename over ``path``."""
+    tmp = temp_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_state_shapes(model: nn.Module, state: dict, path: Path) -> None:
+    """ValueError naming the first parameter whose shape in checkpoint ``path`` differs from ``model``'s
+    (e.g. another number of classes or head size), instead of torch's multi-line RuntimeError."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise ValueError(f"checkpoint {path} does not fit this model: {key} has shape {tuple(value.shape)} "
+                             f"there but {tuple(own[key].shape)} here (another number of classes, head or "
+                             f"upstream?)")
+
+
+def _truncate_evals(path: Path, step: int) -> None:
+    """Keep ``evals.jsonl`` lines up to ``step``: a run stopped after an evaluation but before its ``last.ckpt``
+    redoes those steps, and a restarted run begins with none."""
+    import json
+
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+             if ln.strip() and json.loads(ln)["step"] <= step]
+    tmp = temp_path(path)
+    try:
+        tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict:
@@ -317,12 +391,14 @@ def set_rng_state(state: dict) -> None:
 def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamConfig, expdir: Path,
         device: torch.device, config_dict: dict, resume: bool = False,
         log: Callable[[str], None] = print, writer=None, cache: FeatureCache | None = None,
-        dist_ctx: DistContext | None = None) -> dict:
+        dist_ctx: DistContext | None = None, trust_checkpoint: bool = False) -> dict:
     """Train to ``runner.total_steps``, evaluating ``data.selection_split`` every ``eval_step`` steps.
 
     Writes ``expdir/dev-best.ckpt`` (best selection metric), ``expdir/last.ckpt`` (resume state), with
     ``schedule.wa`` ``expdir/wa.ckpt`` (the averaged model), and one line per evaluation to
     ``expdir/evals.jsonl``; under ``torchrun`` rank 0 evaluates and writes. Returns ``{"best_step", "best"}``.
+    ``trust_checkpoint``: let ``resume`` unpickle a ``last.ckpt`` that needs more than this project writes
+    (which can run code stored in it; warns); otherwise such a file raises ``CheckpointError``.
     """
     import json
 
@@ -339,7 +415,8 @@ def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamC
     wa = WeightAverage() if cfg.schedule.wa else None
     step, best = 0, {"step": 0, "value": -float("inf")}
     if resume:
-        state = torch.load(expdir / "last.ckpt", map_location=device, weights_only=False)
+        state = load_checkpoint_file(expdir / "last.ckpt", trust_checkpoint, device, what="resume checkpoint")
+        check_state_shapes(model, state["model"], expdir / "last.ckpt")
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best"]
@@ -348,6 +425,8 @@ def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamC
         if wa is not None and state.get("wa"):
             wa.load_state_dict(state["wa"])
         log(f"resumed from {expdir / 'last.ckpt'} at step {step}")
+    if main:
+        _truncate_evals(expdir / "evals.jsonl", step)
     batches = iter(train_loader(data, spec, sr, rc, cfg.run.seed, step, dist_ctx, cache))
     loss_kind, sel = spec.loss_for(cfg.run.finetune), data.selection_split
     lr_at = lambda s: cfg.optimizer.lr * lr_factor(s, rc.eval_step, cfg.schedule)  # noqa: E731
@@ -391,9 +470,12 @@ def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamC
     return {"best_step": best["step"], "best": best["value"]}
 
 
-def load_for_eval(model: DownstreamModel, ckpt_path: Path, device: torch.device) -> dict:
-    """Load a ``dev-best.ckpt`` into ``model``; returns the checkpoint dict."""
-    state = torch.load(ckpt_path, map_location=device, weights_only=False)
+def load_for_eval(model: DownstreamModel, ckpt_path: Path, device: torch.device,
+                  trust_checkpoint: bool = False) -> dict:
+    """Load a ``dev-best.ckpt`` into ``model``; returns the checkpoint dict. The file is read without running
+    code from it unless ``trust_checkpoint`` (``upstream.safe_load``); refusals raise ``CheckpointError``."""
+    state = load_checkpoint_file(ckpt_path, trust_checkpoint, device)
+    check_state_shapes(model, state["model"], ckpt_path)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     bad = [k for k in missing if model.finetune or not k.startswith("upstream.")] + list(unexpected)
     if bad:

@@ -20,6 +20,14 @@ task                   expected under the data root
 Losses and metrics follow docs ``recipes.md`` §3/§4/§6: AS-20K is multi-label (BCE, mAP); the SSAST KS2
 fine-tuning recipe trains with BCE on one-hot targets (``run_sc.sh`` ``loss=BCE``) while the frozen probe keeps
 s3prl's CE; every other task uses CE and top-1 accuracy.
+
+:meth:`TaskSpec.read` reads a task and prepares it for a run (``downstream.datasets.prepare_task``: header scan,
+unusable files skipped and counted, label checks, training crops, length order), with the task's defaults
+under ``DataConfig`` (``data.*``): the paper tasks keep their recipes (their own crops, uniformly random
+training batches, official splits); ``folder`` and ``manifest``, which hold whatever a user recorded, crop
+training clips to 10 s, group training batches by length and draw their split from ``data.split_seed`` /
+``data.split_ratios`` (``--split-seed``, ``--split-ratios``; default seed 0 and 80/10/10) when the layout gives
+none.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .datasets import READERS, DatasetLayoutError, TaskData
+from .datasets import READERS, DataConfig, DatasetLayoutError, TaskData, prepare_task
 
 DATA_ENV = "ASTBENCH_DATA"
 
@@ -47,6 +55,9 @@ class TaskSpec:
         folds: valid ``--fold`` values, or () for tasks without folds.
         balanced_sampling: train and dev loaders draw class-balanced (s3prl KS1 ``WeightedRandomSampler``).
         layout: one line saying what the data root must hold.
+        drawn_split: the reader draws train/dev/test from ``seed`` and ``ratios`` when the layout has no split.
+        max_train_secs: default training crop in seconds (``DataConfig.max_train_secs``); None: the reader's own.
+        group_by_length: default of ``DataConfig.group_by_length``.
     """
 
     name: str
@@ -58,6 +69,9 @@ class TaskSpec:
     folds: tuple[int, ...] = ()
     balanced_sampling: bool = False
     layout: str = ""
+    drawn_split: bool = False
+    max_train_secs: float | None = None
+    group_by_length: bool = False
 
     def loss_for(self, finetune: bool) -> str:
         return self.finetune_loss if finetune else self.loss
@@ -73,18 +87,51 @@ class TaskSpec:
             raise ValueError(f"--fold {fold} is out of range for task {self.name!r}; valid: {list(self.folds)}")
         return fold
 
-    def read(self, data_root: str | Path | None, fold: int | None = None) -> TaskData:
-        """Read the task's data; raises ``DatasetLayoutError`` naming what is missing."""
+    def read(self, data_root: str | Path | None, fold: int | None = None, data_cfg: DataConfig | None = None,
+             log: Callable[[str], None] = print) -> TaskData:
+        """Read the task's data and prepare it for a run (``prepare_task``) under ``data_cfg``.
+
+        Raises:
+            DatasetLayoutError: naming what is missing or unusable (a file, a class, a split).
+            ValueError: a ``data.*`` setting that does not apply to this task.
+        """
         fold = self.check_fold(fold)
+        cfg = data_cfg or DataConfig()
+        given = data_root if data_root is not None else os.environ.get(DATA_ENV)
         root = resolve_data_root(data_root)
         kwargs = self.reader_kwargs(root)
         if fold is not None:
             kwargs["fold"] = fold
+        split_rule: dict = {"source": "layout"}
+        if self.drawn_split:
+            seed = 0 if cfg.split_seed is None else cfg.split_seed
+            ratios = (0.8, 0.1, 0.1) if cfg.split_ratios is None else tuple(cfg.split_ratios)
+            kwargs.update(seed=seed, ratios=ratios)
+        elif cfg.split_seed is not None or cfg.split_ratios is not None:
+            raise ValueError(f"task {self.name!r} has fixed splits; data.split_seed / data.split_ratios "
+                             "(--split-seed, --split-ratios) apply to folder and manifest only")
         try:
-            return READERS[self.reader](**kwargs)
+            data = READERS[self.reader](**kwargs)
         except DatasetLayoutError as err:
             raise DatasetLayoutError(f"{err}\n(task {self.name!r} expects under the data root: {self.layout})") \
                 from None
+        split_rule = data.split_rule or split_rule
+        if split_rule["source"] == "layout" and (cfg.split_seed is not None or cfg.split_ratios is not None):
+            log(f"{self.name}: the layout gives the train/dev/test splits; data.split_seed / data.split_ratios "
+                "are not used")
+        max_secs = self.max_train_secs if cfg.max_train_secs is None else cfg.max_train_secs
+        grouped = self.group_by_length if cfg.group_by_length is None else cfg.group_by_length
+        return prepare_task(data, cfg.on_bad_audio, max_secs, grouped, cfg.group_window,
+                            base=root if root.is_dir() else root.parent, root_label=_root_label(given),
+                            split_rule=split_rule, log=log)
+
+
+def _root_label(given: str | Path | None) -> str:
+    """The data root for a record: as given when relative, else only its last component (no machine path)."""
+    if not given:
+        return ""
+    path = Path(given)
+    return path.as_posix() if not path.is_absolute() and not str(given).startswith("~") else path.name
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path:
@@ -133,7 +180,28 @@ register_task(TaskSpec("voxceleb1", "voxceleb1", lambda r: {"root": r / "VoxCele
                        layout="VoxCeleb1/{dev/wav,test/wav,iden_split.txt}"))
 register_task(TaskSpec("iemocap", "iemocap", lambda r: {"root": r / "IEMOCAP_full_release"}, folds=(1, 2, 3, 4, 5),
                        layout="IEMOCAP_full_release/Session1..5"))
-register_task(TaskSpec("folder", "folder", lambda r: {"root": r},
-                       layout="the data root is itself the class-folder dataset"))
-register_task(TaskSpec("manifest", "manifest", lambda r: {"path": r},
-                       layout="the data root is the manifest file (.csv or .jsonl)"))
+# user data: recordings of any length, so training crops (10 s) and length-grouped batches by default
+register_task(TaskSpec("folder", "folder", lambda r: {"root": r}, drawn_split=True, max_train_secs=10.0,
+                       group_by_length=True, layout="the data root is itself the class-folder dataset"))
+register_task(TaskSpec("manifest", "manifest", lambda r: {"path": r}, drawn_split=True, max_train_secs=10.0,
+                       group_by_length=True, layout="the data root is the manifest file (.csv or .jsonl)"))
+
+
+def data_overrides(split_seed: int | None = None, split_ratios: str | None = None,
+                   strict_audio: bool = False) -> list[str]:
+    """The ``data.*`` config overrides (``key=value``) that the CLI flags ``--split-seed``, ``--split-ratios``
+    (``"0.8,0.1,0.1"``) and ``--strict-audio`` stand for; ValueError naming the flag for a bad value."""
+    out = []
+    if split_seed is not None:
+        out.append(f"data.split_seed={int(split_seed)}")
+    if split_ratios is not None:
+        try:
+            ratios = tuple(float(x) for x in split_ratios.split(","))
+            DataConfig(split_ratios=ratios)  # the same check as the config's
+        except ValueError as err:
+            detail = err if "must be" in str(err) else "expected numbers"
+            raise ValueError(f"--split-ratios {split_ratios!r}: {detail}") from None
+        out.append(f"data.split_ratios=[{', '.join(repr(r) for r in ratios)}]")
+    if strict_audio:
+        out.append("data.on_bad_audio=error")
+    return out

@@ -32,6 +32,9 @@ __all__ = [
     "make_iemocap",
     "make_folder",
     "make_manifest",
+    "make_messy_folder",
+    "write_bad_audio",
+    "BAD_AUDIO",
     "BUILDERS",
 ]
 
@@ -328,6 +331,77 @@ def make_manifest(
         (base / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return {"path": base / "manifest.jsonl"}
     raise ValueError(f"fmt must be 'csv' or 'jsonl', got {fmt!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Messy recordings: unusable files and very long clips among short ones
+# ----------------------------------------------------------------------------------------------------------
+# kind of unusable file -> the AudioError.reason the header scan counts it under
+BAD_AUDIO = {
+    "empty": "empty",  # 0 bytes
+    "zero_samples": "empty",  # a valid WAV header with no samples
+    "random": "unreadable",  # random bytes under a .wav name
+    "truncated_header": "unreadable",  # the first 30 bytes of a WAV file
+    "text": "text",  # a text file under a .wav name
+    "nan": "non_finite",  # float32 WAV holding a NaN sample
+    "inf": "non_finite",  # float32 WAV holding an inf sample
+}
+
+
+def write_bad_audio(path: Path, kind: str, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write an unusable audio file of ``kind`` (a key of ``BAD_AUDIO``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "zero_samples":
+        sf.write(path, np.zeros(0, dtype=np.float32), sample_rate, subtype="PCM_16")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4000))
+    elif kind == "truncated_header":
+        write_tone(path, 0.1, sample_rate)
+        path.write_bytes(path.read_bytes()[:30])
+    elif kind == "text":
+        path.write_text("speaker,transcript\n1,this is not audio\n")
+    elif kind in ("nan", "inf"):
+        wav = np.zeros(sample_rate // 4, dtype=np.float32)
+        wav[100] = np.nan if kind == "nan" else np.inf
+        sf.write(path, wav, sample_rate, subtype="FLOAT")
+    else:
+        raise ValueError(f"kind must be one of {sorted(BAD_AUDIO)}, got {kind!r}")
+    return path
+
+
+# where make_messy_folder puts each bad file: (split, class)
+_MESSY_BAD_PLACES = {
+    "empty": ("train", "yes"), "nan": ("train", "yes"), "random": ("train", "no"), "text": ("train", "no"),
+    "zero_samples": ("dev", "no"), "truncated_header": ("test", "yes"), "inf": ("test", "yes"),
+}
+
+
+def make_messy_folder(root: Path, short_per_class: int = 6, long_secs: tuple[float, ...] = (6.0, 4.0),
+                      sample_rate: int = 8000, seed: int = 0) -> dict:
+    """``messy_ds/{train,dev,test}/{no,yes}/``: telephone-band (8 kHz) recordings as they come.
+
+    Per split and class ``short_per_class`` short clips (0.2-0.4 s; 2 in dev); train holds ``long_secs`` clips
+    in both classes and test one of the first length (yes), so a few very long clips sit among short ones; one
+    file of every ``BAD_AUDIO`` kind is placed as ``_MESSY_BAD_PLACES`` says (train, dev and test each get some).
+    Returns the reader's keyword arguments plus ``bad`` (kind -> path) and ``long`` (paths of the long clips).
+    """
+    base = root / "messy_ds"
+    n = 0
+    long_paths = []
+    for split in ("train", "dev", "test"):
+        for cls in ("no", "yes"):
+            for k in range(short_per_class if split != "dev" else 2):
+                write_tone(base / split / cls / f"{cls}_{k:03d}.wav", 0.2 + 0.2 * (k % 3) / 2, sample_rate, seed + n)
+                n += 1
+            longs = long_secs if split == "train" else long_secs[:1] if split == "test" and cls == "yes" else ()
+            for k, secs in enumerate(longs):
+                long_paths.append(write_tone(base / split / cls / f"{cls}_long{k}.wav", secs, sample_rate, seed + n))
+                n += 1
+    bad = {kind: write_bad_audio(base / split / cls / f"bad_{kind}.wav", kind, sample_rate)
+           for kind, (split, cls) in _MESSY_BAD_PLACES.items()}
+    return {"root": base, "bad": bad, "long": long_paths}
 
 
 BUILDERS = {

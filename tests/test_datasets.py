@@ -495,3 +495,42 @@ def test_read_audio_paths_agree(tmp_path, monkeypatch, use_frontend):
     (tmp_path / "garbage.wav").write_bytes(b"nope")
     with pytest.raises(ValueError, match=r"garbage\.wav"):
         datasets.read_audio(tmp_path / "garbage.wav", 16000)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every task is scanned and prepared for a run (downstream.tasks.TaskSpec.read -> datasets.prepare_task)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_every_task_is_scanned_and_prepared(tmp_path, name):
+    from downstream.tasks import get_task
+
+    kw = BUILDERS[name](tmp_path)
+    root = kw.get("path") or (kw["root"] if name == "folder" else tmp_path)
+    spec = get_task(name)
+    lines: list[str] = []
+    data = spec.read(root, kw.get("fold"), log=lines.append)
+    assert lines == []  # nothing skipped, so nothing to say
+    assert data.audio.num_skipped == 0 and data.audio.files == len({c.path for s in data.splits.values() for c in s})
+    native = 44100 if name == "esc50" else 16000
+    assert data.audio.sample_rates == {native: data.audio.files}
+    for clips in data.splits.values():
+        assert all(c.native_sr == native and c.num_frames > 0 for c in clips)
+        secs = [c.loaded_secs for c in clips]
+        assert secs == sorted(secs, reverse=True)
+    ident = data.identity(16000)
+    assert ident["resampled_files"] == (data.audio.files if name == "esc50" else 0)
+    assert str(tmp_path) not in json.dumps(ident) and len(ident["files_sha256"]) == 16
+    assert data.group_by_length == (name in ("folder", "manifest"))
+    assert ident["split"] == {"source": "layout"}
+
+
+def test_folder_and_manifest_record_their_split_draw(tmp_path):
+    task = datasets.folder(make_folder(tmp_path / "a", clips_per_class=10, split_dirs=False)["root"], seed=2,
+                           ratios=(0.6, 0.2, 0.2))
+    assert task.split_rule == {"source": "drawn", "seed": 2, "ratios": [0.6, 0.2, 0.2]}
+    assert {s: len(c) for s, c in task.splits.items()} == {"train": 18, "dev": 6, "test": 6}
+    assert datasets.folder(make_folder(tmp_path / "b")["root"]).split_rule == {"source": "layout"}
+    path = make_manifest(tmp_path / "c", clips_per_class=10, with_split=False)["path"]
+    assert datasets.manifest(path, seed=1).split_rule == {"source": "drawn", "seed": 1, "ratios": [0.8, 0.1, 0.1]}
+    with pytest.raises(ValueError, match=r"split ratios must be 3 numbers .* got \(0.0, 0.5, 0.5\)"):
+        datasets.folder(make_folder(tmp_path / "d", split_dirs=False)["root"], ratios=(0.0, 0.5, 0.5))

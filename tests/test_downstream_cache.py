@@ -9,7 +9,8 @@ import torch
 
 import run_downstream
 import upstream
-from downstream.cache import FeatureCache, cache_key, collate_features
+from downstream import cache as cache_mod
+from downstream.cache import FeatureCache, FeatureCacheError, cache_key, collate_features
 from downstream.datasets import collate
 from downstream.runner import DownstreamModel, HeadConfig
 from downstream.tasks import get_task
@@ -109,7 +110,7 @@ def test_corrupt_or_partial_shard_is_rebuilt(tmp_path, calls, damage):
     again = cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
     assert calls["clips"] == built and feats.read_bytes() == good
     assert torch.equal(again[0][0], ds[0][0])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FeatureCacheError, match=f"^feature cache: shard {ds.shard} is unreadable .*build=False\\)$"):
         feats.unlink() or cache.dataset(data, "test", up.sample_rate, train=False, seed=0, build=False)
 
 
@@ -127,3 +128,22 @@ def test_cached_and_live_clips_give_the_wav_path_logits(tmp_path):
         all_live, _, _ = collate_features([ds.ds[i] for i in range(2)])
         torch.testing.assert_close(model(all_live), model(wavs[:2]), rtol=1e-5, atol=1e-5)
     assert torch.equal(labels, wav_labels)
+
+
+def test_a_damaged_shard_in_a_cache_that_cannot_be_written_is_one_cli_error(tmp_path, capsys, monkeypatch):
+    assert _main(tmp_path, "first") == 0
+    (shard,) = (tmp_path / "cache").glob("*/test-*.f16")
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+    def read_only(lock, waiting=None):
+        raise PermissionError(13, "Permission denied", str(lock))
+
+    monkeypatch.setattr(cache_mod, "locked", read_only)  # as in a folder this user cannot write
+    capsys.readouterr()
+    assert _main(tmp_path, "second") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: feature cache: {shard} does not match its checksum (damaged or changed), and it "
+                       f"cannot be rebuilt there (Permission denied: {shard.with_suffix('.lock')}); use a writable "
+                       f"--cache-dir (or $ASTBENCH_CACHE)")

@@ -23,6 +23,10 @@ from upstream.frontend import (AudioError, Fbank, FbankConfig, kaldi_fbank, kald
                                num_frames, pad_waveforms, resample, validate_waveform)
 
 EPS = float(torch.finfo(torch.float32).eps)
+# fixtures/official/README.md "Tolerances", which hold on any x86-64 CPU (the FFT takes other code paths on
+# other CPUs and moves log-mel values by up to 3.7e-4): never tighten them to what one machine gives.
+FBANK_ATOL = 1e-3  # log-mel values (about -20..10)
+INPUT_ATOL = 1e-4  # normalised model inputs: the fbank spread divided by 2 * std
 
 
 def load(*parts: str) -> dict:
@@ -35,14 +39,17 @@ def assert_fbank_close(actual: torch.Tensor, expected: torch.Tensor, what: str) 
     Different float32 FFT libraries round differently, and in the lowest mel bins (a single FFT bin each,
     where pre-emphasis leaves ~1e-3 of the energy) that shows as up to ~2e-3 in a handful of values: a
     float64 evaluation of the same formulas is itself up to 3e-3 away from the torchaudio reference
-    there. Everywhere else agreement is ~1e-6, so the bulk is held tight and only rare outliers may
-    pass 1e-3. The official-pipeline fixtures are held to their README's plain atol instead.
+    there. Everywhere else agreement is ~1e-6, so the bulk is held to fixtures/fbank/README.md's 1e-3 and only
+    rare outliers may pass it. That README's "below 1e-3" does not hold for those few values across FFT builds:
+    this code, which reproduces torchaudio's kaldi.py bit for bit on the official fixtures, is up to 1.7e-3
+    away there from this file (made with a CUDA build of torch 2.11). The official-pipeline fixtures are held
+    to their README's plain atol instead.
     """
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     diff = (actual.double() - expected.double()).abs()
-    frac_over = (diff > 1e-3).double().mean().item()
+    frac_over = (diff > FBANK_ATOL).double().mean().item()
     msg = (f"{what}: max abs diff {diff.max().item():.2e}, mean {diff.mean().item():.2e}, "
-           f"{frac_over:.1e} of values above 1e-3")
+           f"{frac_over:.1e} of values above {FBANK_ATOL}")
     assert diff.max() < 5e-3 and frac_over < 2e-4 and diff.mean() < 2e-5, msg
 
 
@@ -264,9 +271,9 @@ def test_ssast_pipeline_matches_official_dataloader() -> None:
     waves, lengths = pad_waveforms([w.float() for w in ref["wave_float32"]])
     config = FbankConfig.ssast(target_length=128)
     feats, frames = Fbank(config)(waves, lengths)
-    torch.testing.assert_close(feats, ref["ft_main"]["input"], atol=5e-5, rtol=0)
+    torch.testing.assert_close(feats, ref["ft_main"]["input"], atol=INPUT_ATOL, rtol=0)
     raw, _ = Fbank(dataclasses.replace(config, norm_mean=None, norm_std=None))(waves, lengths)
-    torch.testing.assert_close(raw, ref["ft_main"]["fbank_padded_unnormalised"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(raw, ref["ft_main"]["fbank_padded_unnormalised"], atol=FBANK_ATOL, rtol=0)
     assert frames.tolist() == [128, 91]  # 20800 samples fill exactly 128 frames, 14880 give 91
     pad_value = -config.norm_mean / (2 * config.norm_std)
     assert torch.allclose(feats[1, 91:], torch.tensor(pad_value))  # pad, then normalise: 0.467
@@ -285,9 +292,9 @@ def test_mae_ast_pipeline_matches_official() -> None:
     ref = load("official", "maeast_patch_reference.pt")
     waves, lengths = pad_waveforms([w.float() for w in ref["wave_float32"]])
     feats, frames = Fbank(FbankConfig.mae_ast())(waves, lengths)
-    torch.testing.assert_close(feats, ref["fbank_padded"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(feats, ref["fbank_padded"], atol=FBANK_ATOL, rtol=0)  # MAE-AST normalises in-model
     for i, clip in enumerate(ref["fbank"]):
-        torch.testing.assert_close(feats[i, : frames[i]], clip, atol=1e-4, rtol=0)
+        torch.testing.assert_close(feats[i, : frames[i]], clip, atol=FBANK_ATOL, rtol=0)
     padding_mask = torch.arange(feats.shape[1]) >= frames[:, None]  # True = pad, as MAE-AST
     assert torch.equal(padding_mask, ref["frame_padding_mask"])
     assert torch.all(feats[padding_mask] == 0)
@@ -298,9 +305,9 @@ def test_asit_pipeline_matches_official() -> None:
     waves, lengths = pad_waveforms([w.float() / 32768 for w in ref["wave_int16"]])
     config = FbankConfig.asit()
     feats, frames = Fbank(config)(waves, lengths)
-    torch.testing.assert_close(feats[:, None], ref["input"], atol=5e-5, rtol=0)  # model takes (B, 1, T, F)
+    torch.testing.assert_close(feats[:, None], ref["input"], atol=INPUT_ATOL, rtol=0)  # model takes (B, 1, T, F)
     raw, _ = Fbank(dataclasses.replace(config, norm_mean=None, norm_std=None))(waves, lengths)
-    torch.testing.assert_close(raw, ref["fbank_padded_unnormalised"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(raw, ref["fbank_padded_unnormalised"], atol=FBANK_ATOL, rtol=0)
     assert frames.tolist() == [248, 592]
 
 

@@ -268,26 +268,28 @@ def test_resume_refuses_a_different_recipe(audio_dir, tmp_path):
 
 
 # ============================================================================================ stop conditions
-def test_sigterm_checkpoints_and_exits_cleanly_then_resumes_exactly(audio_dir, tmp_path):
+def test_sigterm_stops_at_the_next_step_exits_143_and_resumes_exactly(audio_dir, tmp_path):
+    """SIGTERM: the step under way finishes, last.ckpt is saved, no upstream.pt (the run did not finish), exit
+    code 128 + 15 and a line saying where it stopped; --resume then continues as if never stopped."""
     recipe = write_recipe(tmp_path / "fake.yaml", {"sleep_secs": 0.05}, max_steps=100000, optim__lr=3e-3,
-                          optim__schedule="constant")
+                          optim__schedule="constant", log_every=1000, ckpt_every=3)
     args = [sys.executable, str(REPO / "run_pretrain.py"), "-u", FAKE, "-c", str(recipe), "--data",
             str(audio_dir), "-n", "sig", "--expdir", str(tmp_path), "--device", "cpu"]
     proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     out = tmp_path / "sig"
     deadline = time.time() + 60
-    while time.time() < deadline:
-        if (out / "losses.jsonl").exists() and len((out / "losses.jsonl").read_text().splitlines()) >= 3:
-            break
+    while time.time() < deadline and not (out / "last.ckpt").exists():  # the loop (and its handler) runs
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert "stopped by SIGTERM" in stdout
+    assert proc.returncode == 143, stderr
     ckpt = torch.load(out / "last.ckpt", weights_only=False)
     k = ckpt["step"]
-    assert k >= 3 and len(losses(out)) == k
+    # stopped after the step under way, not at the next log_every (1000) step; every step done is logged
+    assert 3 <= k < 1000 and len(losses(out)) == k
+    assert f"stopped by SIGTERM at step {k} of 100000" in stderr and "--resume" in stderr
+    assert not (out / "upstream.pt").exists()
     # resumed in this process for 3 more steps == one uninterrupted run of k + 3 steps
     stop = ["--stop-at-step", str(k + 3)]
     assert cli("--resume", "-n", "sig", *stop, "-o", "objective.sleep_secs=0", expdir=tmp_path) == 2
@@ -295,6 +297,7 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes_exactly(audio_dir, t
     assert cli("-c", str(recipe), "--data", str(audio_dir), "-n", "ref", *stop, expdir=tmp_path) == 0
     ref = [r["loss"] for r in losses(tmp_path / "ref")]
     np.testing.assert_allclose([r["loss"] for r in losses(out)], ref, rtol=0, atol=1e-6)
+    assert torch.load(out / "upstream.pt", weights_only=False)["extra"]["pretrain_step"] == k + 3
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(audio_dir, tmp_path, capsys):

@@ -46,7 +46,7 @@ def test_cache_gives_the_losses_of_the_waveform_path(recipe, short_clips, tmp_pa
     np.testing.assert_allclose(cached, wave, rtol=0, atol=2e-4)
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert len(index["files"]) == 5 and "bad" in index["files"][str(short_clips / "garbage.wav")]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["index.json", "shard-00000.npy"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["index.json", "index.lock", "shard-00000.npy"]
 
 
 def test_cache_is_reused_updated_and_refused_for_another_front_end(short_clips, tmp_path, capsys):

@@ -112,9 +112,21 @@ def test_bad_waveforms_get_clear_errors():
         model([torch.zeros(2, 16000)])
     with pytest.raises(ValueError, match="empty batch"):
         model([])
-    mae = upstream.load("mae_ast_patch_mini")
-    with pytest.raises(ValueError, match="too short"):
-        mae([torch.zeros(800)])
+
+
+@pytest.mark.parametrize("partial_valid", [True, False])
+def test_clip_shorter_than_one_patch_alone_equals_it_in_a_batch(partial_valid):
+    """MAE-AST patch: a 0.05 s clip (3 frames < a 16-frame patch) alone gives what it gives beside a longer clip."""
+    mae = upstream.load("mae_ast_patch_mini", partial_patch_valid=partial_valid).eval()
+    g = torch.Generator().manual_seed(0)
+    short, longer = torch.randn(800, generator=g) * 0.1, torch.randn(16000, generator=g) * 0.1
+    with torch.no_grad():
+        alone, mixed = mae([short]), mae([short, longer])
+    assert alone["lengths"].tolist() == [1] and mixed["lengths"][0] == 1
+    assert torch.isfinite(alone["clip"]).all()
+    if partial_valid:  # the s3prl convention: the partial patch is valid in both cases
+        torch.testing.assert_close(alone["hidden_states"][-1][0, :1], mixed["hidden_states"][-1][0, :1],
+                                   atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["ssast_patch_mini", "mae_ast_frame_mini", "asit_mini"])

@@ -13,10 +13,15 @@ Formats (``shared/spec/checkpoints.md``):
   ``student`` (``module.backbone.*``); the teacher backbone is the default, as DINO-style methods evaluate.
 * astbench: ``{"format": "astbench", "upstream_config": ..., "encoder": state_dict, ...}``, written by
   :func:`save_upstream`; it carries the config that rebuilds it.
+
+Files are read by :func:`upstream.safe_load.load_checkpoint_file`: nothing in them can run code unless the
+caller passes ``trust_checkpoint=True``. The format is detected from the top-level keys before any
+family-specific check, so a file of another family is always refused as such.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import warnings
@@ -26,15 +31,11 @@ from pathlib import Path
 import torch
 
 from .encoder import EncoderConfig
-from .layers import sinusoid_pos_embed
+from .safe_load import CheckpointError, load_checkpoint_file, plain_config
 from .tokenizer import convert_patch_weight
 
 FORMAT_TAG = "astbench"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with the file and the reason named."""
 
 
 @dataclass
@@ -56,43 +57,40 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception:
-        pass
-    # fairseq configs (omegaconf) and ASiT's argparse.Namespace need the full unpickler: trusted files only
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as e:
-        raise CheckpointError(f"checkpoint {path} needs the Python module {e.name!r} to unpickle "
-                              f"(an omegaconf config needs `pip install omegaconf`)") from None
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be read by torch.load: {e}") from None
-
-
-def read_checkpoint(path: str | os.PathLike, asit_backbone: str = "teacher",
-                    num_heads: int | None = None) -> RawCheckpoint:
+def read_checkpoint(path: str | os.PathLike, asit_backbone: str = "teacher", num_heads: int | None = None,
+                    trust_checkpoint: bool | None = None) -> RawCheckpoint:
     """Detect the format of ``path`` and convert it. Raises :class:`CheckpointError` naming the file.
 
     ``num_heads``: SSAST and ASiT files do not store the head count; it is inferred from the width (DeiT /
     ``vit_small`` / ``vit_base`` all use 64-d heads) unless given here.
+    ``trust_checkpoint``: allow full unpickling of a file that needs more than the official formats do
+    (see :mod:`upstream.safe_load`); None = the default in force (``upstream.load(..., trust_checkpoint=)``).
     """
     path = Path(path)
-    obj = _torch_load(path)
+    obj = load_checkpoint_file(path, trust_checkpoint)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict or dict")
+    family = detect_format(obj, path)  # before any family-specific check, so a wrong family is named as such
     sha = file_sha256(path)
-    if obj.get("format") == FORMAT_TAG:
+    if family == "astbench":
         return _read_astbench(obj, path, sha)
-    if "cfg" in obj and "model" in obj:
+    if family == "mae_ast":
         return _read_mae_ast(obj, path, sha)
-    if "teacher" in obj and "student" in obj:
+    if family == "asit":
         return _read_asit(obj, path, sha, asit_backbone, num_heads)
+    return _read_ssast(obj, path, sha, num_heads)
+
+
+def detect_format(obj: dict, path: Path) -> str:
+    """'astbench', 'mae_ast', 'asit' or 'ssast', from the top-level keys alone."""
+    if obj.get("format") == FORMAT_TAG:
+        return "astbench"
+    if "cfg" in obj and "model" in obj:
+        return "mae_ast"
+    if "teacher" in obj and "student" in obj:
+        return "asit"
     if any(isinstance(k, str) and k.startswith("module.v.") for k in obj):
-        return _read_ssast(obj, path, sha, num_heads)
+        return "ssast"
     if any(isinstance(k, str) and k.startswith("v.") for k in obj):
         raise CheckpointError(
             f"checkpoint {path} looks like an SSAST state dict without the 'module.' prefix; the official "
@@ -167,24 +165,71 @@ def _read_ssast(sd: dict, path: Path, sha: str, num_heads: int | None = None) ->
 
 
 # ---------------------------------------------------------------------------------------------- MAE-AST
-def _plain(cfg) -> dict:
-    if isinstance(cfg, dict):
-        return cfg
-    try:  # omegaconf DictConfig from older fairseq
-        from omegaconf import OmegaConf
+MAE_AST_MODEL_KEYS = ("encoder_embed_dim", "encoder_layers", "encoder_attention_heads", "encoder_ffn_embed_dim",
+                      "ast_kernel_size_chan", "ast_kernel_size_time", "ast_kernel_stride_chan",
+                      "ast_kernel_stride_time")
 
-        return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        return dict(cfg)
+
+def _cfg_int(section: dict, key: str, path: Path, default: int | None = None) -> int:
+    value = section.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"MAE-AST checkpoint {path}: cfg['model'][{key!r}] is {value!r}, "
+                              f"not an integer") from None
+
+
+def _check_sinusoid(pe: torch.Tensor, D: int, path: Path) -> torch.Tensor:
+    """MAE-AST's stored ``enc_sine_pos_embed.pe`` ``(1, L, D)`` as a float32 ``(L, D)`` table, once it is known
+    to be ``SinusoidalPositionalEncoding``'s: ``pe[n, 2i] = sin(n w_i)``, ``pe[n, 2i+1] = cos(n w_i)``,
+    ``w_i = 10000^(-2i/D)``.
+
+    The encoder uses the stored table as it is (exact on any machine), so this check only has to tell a
+    sinusoid from anything else, never to reproduce float rounding. The file's table was computed in float32
+    on its authors' machine, whose ``exp`` may round ``w_i`` one ulp away from ours (two x86 CPUs give tables
+    3e-5 apart at position 1024); the float32 argument ``n w_i`` then moves by about ``n * 1.2e-7`` and
+    ``sin`` carries that over. Tolerance per position: ``1e-3 + 4 * eps32 * n`` plus the stored dtype's
+    rounding (0.024 at the released length 48000). Other frequencies, another layout or learned values are
+    off by O(1).
+    """
+    if pe.dim() != 3 or pe.shape[0] != 1 or pe.shape[2] != D or not pe.is_floating_point():
+        raise CheckpointError(f"MAE-AST checkpoint {path}: enc_sine_pos_embed.pe is a {tuple(pe.shape)} "
+                              f"{pe.dtype} tensor, expected float (1, max_token_length, {D})")
+    table = pe[0].float().contiguous()
+    if not bool(torch.isfinite(table).all()):
+        raise CheckpointError(f"MAE-AST checkpoint {path}: enc_sine_pos_embed.pe holds NaN or Inf")
+    w = torch.exp(torch.arange(0, D, 2, dtype=torch.float64) * (-math.log(10000.0) / D))  # (ceil(D/2),)
+    slack = 1e-3 + torch.finfo(pe.dtype).eps
+    worst = (0.0, 0, 0.0, 0.0)  # (diff / tolerance, position, diff, tolerance)
+    for start in range(0, table.shape[0], 4096):  # chunks keep the reference small
+        n = torch.arange(start, min(start + 4096, table.shape[0]), dtype=torch.float64)  # (R,)
+        arg = (n[:, None] * w).float()  # (R, ceil(D/2)); exact argument, rounded once (well inside tolerance)
+        rows = table[start:start + len(n)]
+        diff = torch.maximum((rows[:, 0::2] - torch.sin(arg)).abs().amax(1),
+                             (rows[:, 1::2] - torch.cos(arg[:, : D // 2])).abs().amax(1))  # (R,)
+        tol = slack + 4 * torch.finfo(torch.float32).eps * n.float()
+        i = int((diff / tol).argmax())
+        if float(diff[i] / tol[i]) > worst[0]:
+            worst = (float(diff[i] / tol[i]), start + i, float(diff[i]), float(tol[i]))
+    if worst[0] > 1:
+        raise CheckpointError(
+            f"MAE-AST checkpoint {path}: enc_sine_pos_embed.pe is not the standard sinusoid (at position "
+            f"{worst[1]} it is {worst[2]:.3g} away, float rounding explains {worst[3]:.3g}); this file was not "
+            f"made by MAE-AST's SinusoidalPositionalEncoding")
+    return table
 
 
 def _read_mae_ast(obj: dict, path: Path, sha: str) -> RawCheckpoint:
-    cfg = _plain(obj["cfg"])
-    if not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("task"), dict):
+    cfg = plain_config(obj["cfg"])  # a plain dict, or omegaconf's DictConfig as older fairseq pickled it
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("task"), dict):
         raise CheckpointError(f"fairseq checkpoint {path} has no cfg['model'] / cfg['task'] dicts")
-    m, t = _plain(cfg["model"]), _plain(cfg["task"])
+    m, t = cfg["model"], cfg["task"]
     if m.get("_name") not in (None, "mae_ast"):
         raise CheckpointError(f"fairseq checkpoint {path} is a {m.get('_name')!r} model, not 'mae_ast'")
+    missing = [k for k in MAE_AST_MODEL_KEYS if k not in m]
+    if missing:
+        raise CheckpointError(f"MAE-AST checkpoint {path}: cfg['model'] lacks {', '.join(missing)} (needed for "
+                              f"the encoder's shape)")
     if t.get("feature_type", "fbank") != "fbank":
         raise CheckpointError(f"MAE-AST checkpoint {path}: feature_type {t.get('feature_type')!r} is not "
                               f"supported (only 'fbank', as released)")
@@ -194,22 +239,29 @@ def _read_mae_ast(obj: dict, path: Path, sha: str) -> RawCheckpoint:
     if m.get("activation_fn", "gelu") != "gelu":
         raise CheckpointError(f"MAE-AST checkpoint {path}: activation_fn {m['activation_fn']!r} unsupported")
     sd = obj["model"]
-    D, depth = int(m["encoder_embed_dim"]), int(m["encoder_layers"])
-    kc, kt = int(m["ast_kernel_size_chan"]), int(m["ast_kernel_size_time"])
-    sc, st = int(m["ast_kernel_stride_chan"]), int(m["ast_kernel_stride_time"])
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"MAE-AST checkpoint {path}: 'model' holds a {type(sd).__name__}, not a state dict")
+    D, depth = _cfg_int(m, "encoder_embed_dim", path), _cfg_int(m, "encoder_layers", path)
+    kc, kt = _cfg_int(m, "ast_kernel_size_chan", path), _cfg_int(m, "ast_kernel_size_time", path)
+    sc, st = _cfg_int(m, "ast_kernel_stride_chan", path), _cfg_int(m, "ast_kernel_stride_time", path)
     pre = "encoder.layers."
     _require(sd, ["post_extract_proj.weight", "batch_norm.running_mean", "encoder.layer_norm.weight",
                   f"{pre}{depth - 1}.fc2.weight"], path, "MAE-AST")
     if _depth(sd, pre) != depth:
         raise CheckpointError(f"MAE-AST checkpoint {path}: cfg says {depth} encoder layers, weights hold "
                               f"{_depth(sd, pre)}")
+    max_tokens = _cfg_int(m, "max_token_length", path, 48000)
+    table = sd.get("enc_sine_pos_embed.pe")  # (1, max_token_length, D)
+    if table is not None:
+        table = _check_sinusoid(table, D, path)
+        max_tokens = min(max_tokens, table.shape[0])
     norm_first = bool(m.get("layer_norm_first", False))
     enc = EncoderConfig(
-        embed_dim=D, depth=depth, num_heads=int(m["encoder_attention_heads"]),
-        mlp_ratio=int(m["encoder_ffn_embed_dim"]) / D, norm_first=norm_first, norm_eps=1e-5,
+        embed_dim=D, depth=depth, num_heads=_cfg_int(m, "encoder_attention_heads", path),
+        mlp_ratio=_cfg_int(m, "encoder_ffn_embed_dim", path) / D, norm_first=norm_first, norm_eps=1e-5,
         fshape=kc, tshape=kt, fstride=sc, tstride=st, input_fdim=int(t.get("feature_dim", 128)),
         input_tdim=kt, token_order="time_major", num_prefix_tokens=0, pos_embed="sincos",
-        max_tokens=int(m.get("max_token_length", 48000)), input_batchnorm=True,
+        max_tokens=max_tokens, input_batchnorm=True,
         dropout=float(m.get("dropout", 0.0)), attn_dropout=float(m.get("attention_dropout", 0.0)),
         activation_dropout=float(m.get("activation_dropout", 0.0)),
         dropout_input=float(m.get("dropout_input", 0.0)), layerdrop=float(m.get("encoder_layerdrop", 0.0)),
@@ -235,15 +287,8 @@ def _read_mae_ast(obj: dict, path: Path, sha: str) -> RawCheckpoint:
             state[d + f"norm2.{wb}"] = sd[s + f"final_layer_norm.{wb}"]
             state[d + f"mlp.fc1.{wb}"] = sd[s + f"fc1.{wb}"]
             state[d + f"mlp.fc2.{wb}"] = sd[s + f"fc2.{wb}"]
-    pe = sd.get("enc_sine_pos_embed.pe")
-    if pe is not None:  # the stored table must be the sinusoid this encoder computes on the fly
-        n = min(pe.shape[1], 4096)
-        ours = sinusoid_pos_embed(n, D)
-        if pe.shape[-1] != D or not torch.allclose(pe[0, :n].float(), ours, atol=1e-5):
-            raise CheckpointError(f"MAE-AST checkpoint {path}: enc_sine_pos_embed.pe is not the standard "
-                                  f"sinusoid; this file was not made by MAE-AST's SinusoidalPositionalEncoding")
     extra = {"sample_rate": int(t.get("sample_rate", 16000)), "feature_dim": int(t.get("feature_dim", 128)),
-             "mask_type": t.get("mask_type"), "cfg_model": m, "cfg_task": t}
+             "mask_type": t.get("mask_type"), "cfg_model": m, "cfg_task": t, "sincos_table": table}
     return RawCheckpoint("mae_ast", "official", str(path), sha, enc, state, extra)
 
 
@@ -301,6 +346,8 @@ def _read_astbench(obj: dict, path: Path, sha: str) -> RawCheckpoint:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: its stored upstream_config is invalid: {e}") from None
     extra = {"upstream_config": cfg, **obj.get("extra", {})}
+    if obj.get("sincos_table") is not None:  # an MAE-AST upstream built from an official file keeps its table
+        extra["sincos_table"] = _check_sinusoid(obj["sincos_table"][None], cfg.encoder.embed_dim, path)
     return RawCheckpoint(cfg.family, "astbench", str(path), sha, cfg.encoder, obj["encoder"], extra)
 
 
@@ -311,6 +358,9 @@ def save_upstream(upstream, path: str | os.PathLike, extra: dict | None = None) 
     payload = {"format": FORMAT_TAG, "version": FORMAT_VERSION, "upstream_config": upstream.cfg.to_dict(),
                "encoder": {k: v.detach().cpu() for k, v in upstream.encoder.state_dict().items()},
                "extra": dict(extra or {})}
+    table = getattr(upstream.encoder, "sincos_table", None)  # MAE-AST: the official file's position table
+    if table is not None:
+        payload["sincos_table"] = table.detach().cpu()
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

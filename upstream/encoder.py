@@ -94,6 +94,9 @@ class ASTEncoder(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + n_f * n_t, D))
         else:
             self.register_parameter("pos_embed", None)
+        # 'sincos': an official MAE-AST file's own table (L, D), used as stored so that positions are exact on
+        # any machine (one recomputed here can differ in the last bits); None = compute. Not in state_dict.
+        self.register_buffer("sincos_table", None, persistent=False)
         self.input_drop = nn.Dropout(cfg.dropout_input)  # applied by pretraining objectives only
         # post-norm (fairseq layer_norm_first=False) normalises the block input; pre-norm the output
         self.input_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if not cfg.norm_first else nn.Identity()
@@ -164,7 +167,10 @@ class ASTEncoder(nn.Module):
         else:
             if N > self.cfg.max_tokens:
                 raise ValueError(f"{N} tokens exceed max_tokens={self.cfg.max_tokens} of the sinusoid")
-            pe = sinusoid_pos_embed(N, D, tokens.device, tokens.dtype).unsqueeze(0)  # (1, N, D)
+            if self.sincos_table is not None and N <= self.sincos_table.shape[0]:
+                pe = self.sincos_table[:N].to(tokens.dtype).unsqueeze(0)  # (1, N, D)
+            else:
+                pe = sinusoid_pos_embed(N, D, tokens.device, tokens.dtype).unsqueeze(0)  # (1, N, D)
             if padding_mask is not None:
                 pe = pe.masked_fill(padding_mask.unsqueeze(-1), 0.0)
             x = tokens + pe

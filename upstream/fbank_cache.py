@@ -3,14 +3,24 @@ random crops read from memory-mapped shards (``-o data.fbank_cache=DIR``, ``run_
 
 Layout of ``DIR``::
 
-    index.json           {"format", "version", "frontend": FbankConfig as a dict, "files": {path: entry}}
+    index.json           {"format", "version", "frontend": FbankConfig as a dict, "next_shard": int,
+                          "shards": {name: {"checksum", "bytes"}}, "files": {path: entry}}
+    index.lock           held (``flock``) by the process updating the cache
     shard-00000.npy ...  float32 (frames, num_mel_bins): the normalised fbank of many files, end to end
 
 An entry is ``{"size", "mtime_ns", "shard", "offset", "frames"}`` (rows ``offset:offset+frames`` of the
 shard) or ``{"size", "mtime_ns", "bad": reason}`` for a file that cannot be used. A file whose size or
-mtime changed, or that is new, is computed again into a new shard; shards and the index are written to a
-temporary name and renamed, so an interrupted build leaves the previous cache intact. A cache built with
-another front end is refused (``DataError``), never mixed.
+mtime changed, or that is new, is computed again into a new shard. A cache built with another front end is
+refused (``DataError``), never mixed.
+
+Several runs may share the cache (see ``upstream.cache_files``): an update holds ``index.lock``, re-reads
+the index under it and adds its files to what is there (no writer loses another's entries; a second run
+needing the same files waits and finds them computed); shards and the index are written to temporary names
+unique to the writer and renamed, the index last, so an interrupted build leaves the previous cache intact and
+its temporary files are removed by the next update. Each shard's sha256, computed while it is written, is in
+the index; the shards a run uses are verified when it opens the cache (~0.3 s per 512 MiB shard), and a shard
+that does not match (or has no checksum: written by an older version) is deleted and its files recomputed, with
+a warning naming it, or refused (``DataError``) where the cache cannot be written.
 
 What differs from the waveform path (``UnlabeledAudio`` + ``Fbank`` on the device): the fbank is that of
 the whole file (mean removal over the whole file, not per crop), crops are cut in frames, ASiT's circular
@@ -22,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,9 +43,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .cache_files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps, tmp_path,
+                          write_atomic)
 from .frontend import AudioError, Fbank, FbankConfig, load_audio, num_frames
 
-FORMAT, VERSION = "astbench-fbank-cache", 1
+FORMAT, VERSION = "astbench-fbank-cache", 2  # 2: shard checksums, "next_shard"
 SHARD_FRAMES = 1 << 20  # 1M frames x 128 bins x 4 bytes = 512 MiB per shard at most
 
 
@@ -47,43 +61,153 @@ def frontend_key(fe: FbankConfig) -> dict:
     return {**dataclasses.asdict(fe), "target_length": None}
 
 
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.npy"
+
+
 def build_cache(root: str | os.PathLike, files: Sequence[str], fe: FbankConfig, resample: bool = True,
-                min_samples: int = 1, log=None) -> dict:
+                min_samples: int = 1, log: logging.Logger | None = None) -> dict:
     """Create or update the cache in ``root`` for ``files``; returns the index.
 
+    Nothing is written (and no lock taken) when every file is cached in intact shards, so a read-only cache
+    that is complete can be used.
+
     Raises:
-        DataError: the cache in ``root`` was built with another front end.
+        DataError: the cache in ``root`` was built with another front end (or by a newer version), or it lacks
+            files or has a damaged shard and cannot be written.
     """
     from .pretrain import DataError
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    key = frontend_key(fe)
-    index = {"format": FORMAT, "version": VERSION, "frontend": key, "files": {}}
-    if (root / "index.json").is_file():
-        old = json.loads((root / "index.json").read_text(encoding="utf-8"))
-        if old.get("format") != FORMAT or old.get("frontend") != key:
-            diff = sorted(k for k in key if old.get("frontend", {}).get(k) != key[k])
-            raise DataError(f"fbank cache {root} was built with another front end (differs in {diff}: "
-                            f"{ {k: old.get('frontend', {}).get(k) for k in diff} } there, "
-                            f"{ {k: key[k] for k in diff} } for this recipe); use another directory")
-        index = old
-    todo = [f for f in files if _needs(index["files"].get(f), f)]
-    if not todo:
+    root, key = Path(root), frontend_key(fe)
+    log = log or logging.getLogger(__name__)
+    verified: dict[str, tuple] = {}  # shard name -> the file identity it was verified with, in this call
+    index = _read_index(root, key)
+    if index is not None and not _plan(root, index, files, verified)[0]:
         return index
-    if log:
-        log.info("fbank cache %s: computing %d of %d files", root, len(todo), len(files))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with locked(root / "index.lock",
+                    waiting=lambda: log.info("fbank cache %s: waiting for another process updating it", root)):
+            # read again under the lock: another process may have added files (or computed ours) meanwhile
+            index = _read_index(root, key) or {"format": FORMAT, "version": VERSION, "frontend": key,
+                                               "next_shard": 0, "shards": {}, "files": {}}
+            todo, damaged = _plan(root, index, files, verified)
+            if todo:
+                _drop_shards(root, index, damaged, log)
+                remove_stale_tmps(root, lambda msg: log.info("fbank cache: %s", msg), ("*.tmp", "shard-*.tmp.npy"))
+                log.info("fbank cache %s: computing %d of %d files", root, len(todo), len(files))
+                _compute(root, index, todo, fe, key, resample, min_samples)
+                write_atomic(root / "index.json", json.dumps(index))  # last: shards it names exist before
+    except OSError as err:
+        if cannot_write(err, root):
+            raise DataError(_not_writable(root, err)) from None
+        raise
+    return index
+
+
+def _not_writable(root: Path, err: OSError) -> str:
+    return (f"fbank cache {root} needs an update (new or changed files, or a damaged shard) but cannot be written "
+            f"({err.strerror}: {err.filename}); use a writable directory for data.fbank_cache")
+
+
+def _read_index(root: Path, key: dict) -> dict | None:
+    """The index in ``root`` (upgraded to this version's fields), None if there is none yet."""
+    from .pretrain import DataError
+
+    path = root / "index.json"
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"fbank cache index {path} is unreadable ({err}); delete {root} to rebuild it") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataError(f"{path} is not an astbench fbank cache index; use another directory")
+    if int(index.get("version", 0)) > VERSION:
+        raise DataError(f"fbank cache {root} was written by a newer version (format version "
+                        f"{index['version']} > {VERSION}); use another directory")
+    if index.get("frontend") != key:
+        diff = sorted(k for k in key if index.get("frontend", {}).get(k) != key[k])
+        raise DataError(f"fbank cache {root} was built with another front end (differs in {diff}: "
+                        f"{ {k: index.get('frontend', {}).get(k) for k in diff} } there, "
+                        f"{ {k: key[k] for k in diff} } for this recipe); use another directory")
+    index["version"] = VERSION
+    index.setdefault("shards", {})  # version 1 had no checksums: its shards are recomputed (see _plan)
+    index.setdefault("next_shard", 0)
+    return index
+
+
+def _plan(root: Path, index: dict, files: Sequence[str], verified: dict[str, tuple]
+          ) -> tuple[list[str], dict[str, str]]:
+    """(files to compute, {damaged shard name: what is wrong}) for ``files``; verifies the shards they use."""
+    entries = index["files"]
+    used = sorted({_shard_name(entries[f]["shard"]) for f in files if "shard" in entries.get(f, {})})
+    damaged = {}
+    for name in used:
+        problem = _check_shard(root / name, index["shards"].get(name), verified)
+        if problem:
+            damaged[name] = problem
+    todo = [f for f in files if _needs(entries.get(f), f)
+            or ("shard" in entries[f] and _shard_name(entries[f]["shard"]) in damaged)]
+    return todo, damaged
+
+
+def _check_shard(path: Path, record: dict | None, verified: dict[str, tuple]) -> str | None:
+    """What is wrong with a shard (None: intact), hashing it once per :func:`build_cache` call."""
+    if record is None:
+        return "has no recorded checksum (written by an older version)"
+    try:
+        st = path.stat()
+        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if verified.get(path.name) == ident:
+            return None
+        if st.st_size != record["bytes"]:
+            return f"holds {st.st_size} bytes, the index says {record['bytes']}"
+        if file_checksum(path) != record["checksum"]:
+            return "does not match its checksum (damaged or changed)"
+    except OSError as err:
+        return f"is unreadable ({err.strerror})"
+    verified[path.name] = ident
+    return None
+
+
+def _drop_shards(root: Path, index: dict, damaged: dict[str, str], log: logging.Logger) -> None:
+    """Forget damaged shards (their files are computed again into new shards) and delete them."""
+    for name, problem in damaged.items():
+        paths = [f for f, e in index["files"].items() if "shard" in e and _shard_name(e["shard"]) == name]
+        log.warning("fbank cache shard %s %s: recomputing its %d files", root / name, problem, len(paths))
+        for f in paths:
+            del index["files"][f]
+        index["shards"].pop(name, None)
+        # never reuse its number: a run that read the older index may still open the shard of that name
+        index["next_shard"] = max(index["next_shard"], int(re.fullmatch(r"shard-(\d+)\.npy", name)[1]) + 1)
+        (root / name).unlink(missing_ok=True)
+
+
+def _compute(root: Path, index: dict, todo: list[str], fe: FbankConfig, key: dict, resample: bool,
+             min_samples: int) -> None:
+    """Compute the fbank of ``todo`` into new shards of ``root`` and add them to ``index`` (not written)."""
     fbank = Fbank(FbankConfig(**key))
-    next_shard = 1 + max((e["shard"] for e in index["files"].values() if "shard" in e), default=-1)
+    on_disk = [int(m[1]) for p in root.glob("shard-*.npy") if (m := re.fullmatch(r"shard-(\d+)\.npy", p.name))]
+    next_shard = max([index["next_shard"], *(k + 1 for k in on_disk),
+                      *(e["shard"] + 1 for e in index["files"].values() if "shard" in e)])
     chunks, rows = [], 0
 
     def flush() -> None:
         nonlocal chunks, rows, next_shard
         if chunks:
-            tmp = root / f"shard-{next_shard:05d}.tmp.npy"
-            np.save(tmp, np.concatenate(chunks))
-            os.replace(tmp, root / f"shard-{next_shard:05d}.npy")
+            name = _shard_name(next_shard)
+            tmp = tmp_path(root / name)
+            try:
+                with open(tmp, "wb") as f:
+                    out = HashingWriter(f)  # the checksum costs no second read of the shard
+                    np.save(out, np.concatenate(chunks))
+                os.replace(tmp, root / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            index["shards"][name] = {"checksum": out.checksum(), "bytes": out.size}
             next_shard, chunks, rows = next_shard + 1, [], 0
+            index["next_shard"] = next_shard
 
     pending: dict[str, dict] = {}
     for path in todo:
@@ -108,10 +232,6 @@ def build_cache(root: str | os.PathLike, files: Sequence[str], fe: FbankConfig, 
         rows += len(feats)
     flush()
     index["files"].update(pending)
-    tmp = root / "index.json.tmp"
-    tmp.write_text(json.dumps(index), encoding="utf-8")
-    os.replace(tmp, root / "index.json")  # last: shards it names exist before it names them
-    return index
 
 
 def _needs(entry: dict | None, path: str) -> bool:

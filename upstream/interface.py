@@ -125,12 +125,14 @@ class Upstream(nn.Module):
     def _forward_whole(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
         fbank, num_frames = self.frontend(padded, lengths)  # (B, T, F), (B,)
         enc = self.cfg.encoder
+        if fbank.shape[1] < enc.tshape:
+            # every clip is shorter than one patch: zero-pad as a longer clip in the batch would, so such a clip
+            # gives the same features alone as in a mixed batch (its partial patch counts as valid there)
+            fbank = F.pad(fbank, (0, 0, 0, enc.tshape - fbank.shape[1]))
         n_f, n_t = self.encoder.grid_for(fbank.shape[1])
-        if n_t == 0:
-            raise ValueError(
-                f"clips too short for {self.name}: {fbank.shape[1]} frames < one patch of {enc.tshape}"
-            )
-        tok_pad = token_padding_mask(num_frames, n_t, n_f, enc.tshape, enc.tstride, enc.token_order,
+        # a clip shorter than one patch keeps that one (partial) patch, or it would have no valid token at all
+        tok_pad = token_padding_mask(num_frames.clamp(min=enc.tshape) if not self.cfg.partial_patch_valid
+                                     else num_frames, n_t, n_f, enc.tshape, enc.tstride, enc.token_order,
                                      self.cfg.partial_patch_valid)
         out = self.forward_fbank(fbank, tok_pad)
         valid_rows = (~tok_pad).view(len(lengths), -1).sum(1) // n_f
@@ -218,5 +220,6 @@ def upstream_with_weights(cfg: UpstreamConfig, name: str, raw=None) -> Upstream:
     model = Upstream(cfg, name)
     if raw is not None:
         model.encoder.load_state_dict(raw.state, strict=True)
+        model.encoder.sincos_table = raw.extra.get("sincos_table")  # MAE-AST: the file's position table
         model.checkpoint_sha256 = raw.sha256
     return model

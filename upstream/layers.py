@@ -130,8 +130,9 @@ def sinusoid_pos_embed(num_positions: int, dim: int, device: torch.device | None
                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Fixed 1-D sinusoidal table ``(N, D)``: ``pe[n, 2i] = sin(n / 10000^(2i/D))``, ``pe[n, 2i+1] = cos``.
 
-    Computed in float32 exactly as MAE-AST's ``SinusoidalPositionalEncoding`` builds its ``pe`` buffer,
-    so the values agree bit for bit with the buffer stored in its checkpoints.
+    Computed in float32 as MAE-AST's ``SinusoidalPositionalEncoding`` builds its ``pe`` buffer; ``exp`` and
+    ``sin`` round differently on other CPUs (3e-5 apart at position 1024), so an encoder loaded from an
+    official file uses the file's own table instead (``ASTEncoder.sincos_table``).
     """
     return _sinusoid_cpu(num_positions, dim).to(device=device, dtype=dtype)
 

@@ -60,9 +60,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from benchmark.config import ConfigError, config_to_dict, dump_config
+from benchmark.config import (ConfigError, check_run_dir, config_to_dict, dump_config, ensure_writable_dir,
+                              run_dir_lock, temp_path)
 
-from .checkpoint import save_upstream
+from .checkpoint import CheckpointError, save_upstream
+from .safe_load import load_checkpoint_file
 from .frontend import AudioError, Fbank, FbankConfig, load_audio
 
 __all__ = ["AUDIO_EXTENSIONS", "DataConfig", "DataError", "NonFiniteLossError", "OptimConfig",
@@ -94,6 +96,14 @@ class DataConfig:
     # from memory-mapped features instead of decoding audio. "" decodes every step.
     fbank_cache: str = ""
 
+    def __post_init__(self):
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not self.min_secs >= 0:
+            raise ValueError(f"min_secs must be >= 0, got {self.min_secs}")
+        if not 0 <= self.roll_prob <= 1:
+            raise ValueError(f"roll_prob is a probability in [0, 1], got {self.roll_prob}")
+
 
 @dataclass
 class OptimConfig:
@@ -116,11 +126,23 @@ class OptimConfig:
     clip_grad: float | None = None  # max global grad norm; None or 0 = no clipping
 
     def __post_init__(self):
-        if self.lr <= 0 or self.eps <= 0:
-            raise ValueError(f"lr and eps must be positive, got lr={self.lr}, eps={self.eps}")
-        if self.warmup_steps < 0 or self.plateau_every <= 0:
-            raise ValueError(f"warmup_steps must be >= 0 and plateau_every > 0, got {self.warmup_steps}, "
-                             f"{self.plateau_every}")
+        # `not x > 0` rather than `x <= 0`: NaN fails too
+        for name in ("lr", "eps", "poly_power", "plateau_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "min_lr", "warmup_steps", "plateau_patience"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.weight_decay_end is not None and not self.weight_decay_end >= 0:
+            raise ValueError(f"weight_decay_end must be >= 0 or null, got {self.weight_decay_end}")
+        if self.clip_grad is not None and not self.clip_grad >= 0:
+            raise ValueError(f"clip_grad must be >= 0 or null (0 or null: no clipping), got {self.clip_grad}")
+        if self.plateau_every <= 0:
+            raise ValueError(f"plateau_every must be > 0, got {self.plateau_every}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
 
 
 @dataclass
@@ -148,8 +170,14 @@ class PretrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range
+            raise ValueError(f"seed must lie in 0..2**32-1, got {self.seed}")
+
+
+# Keys a resumed run may change: where things are, how they are logged or loaded (the data order and masks are
+# functions of (seed, step), not of these). grad_accum changes the masks and is warned about.
+RESUMABLE_CHANGES = ("out_dir", "device", "data.path", "data.num_workers", "data.fbank_cache", "log_every",
+                     "ckpt_every", "tensorboard", "compile", "find_unused_parameters", "grad_accum")
 
 
 class DataError(ValueError):
@@ -157,12 +185,18 @@ class DataError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is left as it was."""
+    """The loss became NaN/inf; the last good checkpoint (if any) is left as it was."""
 
-    def __init__(self, step: int, value: float, out_dir: str):
-        self.step = step
-        super().__init__(f"non-finite loss {value} at step {step}; stopping. The last good checkpoint in "
-                         f"{out_dir} was kept (--resume after lowering optim.lr or fixing the data)")
+    def __init__(self, step: int, value: float, out_dir: str, kept_step: int | None = None):
+        self.step, self.kept_step = step, kept_step
+        if kept_step is None:
+            kept = (f"No checkpoint exists yet in {out_dir} (none was due before step {step}): lower optim.lr or "
+                    f"fix the data and start the run again")
+        else:
+            kept = (f"{Path(out_dir) / 'last.ckpt'} of step {kept_step}, the last one saved before the loss "
+                    f"became non-finite, was kept: continue from it with --resume --allow-config-change "
+                    f"-o optim.lr=LOWER (or after fixing the data)")
+        super().__init__(f"non-finite loss {value} at step {step}; stopping. {kept}")
 
 
 def build_objective(cfg: Mapping) -> nn.Module:
@@ -441,9 +475,12 @@ def _setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = temp_path(path)  # unique per writer
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict:
@@ -511,7 +548,8 @@ def _in_main_thread() -> bool:
 
 # ============================================================================================ the loop
 def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | None = None,
-             stop_at_step: int | None = None) -> dict:
+             stop_at_step: int | None = None, allow_config_change: bool = False,
+             trust_checkpoint: bool = False) -> dict:
     """Run (or resume) pretraining as ``cfg`` says; see the module docstring for the exactness contract.
 
     Args:
@@ -521,26 +559,48 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
         objective: an already built objective (default: ``build_objective(cfg.objective)``).
         stop_at_step: end this invocation after that many steps in all, checkpointed, without changing the
             schedules' horizon ``cfg.max_steps`` (for time-limited jobs); ``resume`` continues from there.
+        allow_config_change: let ``resume`` continue with settings other than the run's (e.g. a lower
+            ``optim.lr`` after a divergence); the changes are logged and the old ``config.yaml`` is kept as
+            ``config.to-step<K>.yaml``. The objective, batch size and seed can never change.
+        trust_checkpoint: let ``resume`` unpickle a ``last.ckpt`` that needs more than this project writes
+            (which can run code stored in it; warns). Off: such a file is refused (``upstream.safe_load``).
+
+    ``upstream.pt`` is written when the run reaches ``max_steps`` (or ``stop_at_step``), never by a stopped run;
+    ``last.ckpt`` every ``ckpt_every`` steps, at the end and when stopped by SIGTERM / SIGINT. A signal stops
+    a single-process run after the step under way, a multi-process run at the next ``log_every`` step (the
+    ranks agree on the step there without an extra synchronisation).
 
     Returns:
-        dict with ``step`` (updates done), ``stopped_by`` (signal name or None), ``skipped_files`` (count),
-        ``out_dir`` and ``last_loss``.
+        dict with ``step`` (updates done), ``max_steps``, ``stopped_by`` (signal name, or None when the run
+        reached its stop), ``skipped_files`` (count), ``out_dir`` and ``last_loss``.
 
     Raises:
-        ConfigError / DataError on bad settings or data; NonFiniteLossError when the loss is NaN/inf.
+        ConfigError / DataError on bad settings, data or run folder; NonFiniteLossError when the loss is NaN/inf.
     """
     owns_group = not dist.is_initialized()  # a caller's process group (e.g. a benchmark sweep) is left alone
     rank, world, device = _setup_distributed(cfg.device)
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by world_size x grad_accum = "
                           f"{world} x {cfg.grad_accum}")
+    if stop_at_step is not None and stop_at_step < 0:
+        raise ConfigError(f"stop_at_step must be >= 0, got {stop_at_step}")
+    out = Path(cfg.out_dir)
+    changed = check_run_dir(out, config_to_dict(cfg), resume, ignore=RESUMABLE_CHANGES,
+                            markers=("last.ckpt", "upstream.pt"), allow_changes=allow_config_change)
+    ensure_writable_dir(out.parent, "experiment folder (--expdir)")
+    if cfg.data.fbank_cache and rank == 0:
+        ensure_writable_dir(cfg.data.fbank_cache, "fbank cache folder (--fbank-cache)")
+    with run_dir_lock(out) if rank == 0 else contextlib.nullcontext():
+        return _pretrain(cfg, resume, objective, stop_at_step, changed, owns_group, rank, world, device,
+                         trust_checkpoint)
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, objective: nn.Module | None, stop_at_step: int | None,
+              changed: list[str], owns_group: bool, rank: int, world: int, device: torch.device,
+              trust_checkpoint: bool = False) -> dict:
+    """:func:`pretrain` once its arguments and run folder are checked (rank 0 holds the folder's lock)."""
     out = Path(cfg.out_dir)
     ckpt_path = out / "last.ckpt"
-    if resume and not ckpt_path.is_file():
-        raise ConfigError(f"--resume: no checkpoint {ckpt_path}")
-    if not resume and ckpt_path.is_file():
-        raise ConfigError(f"{out} already holds a run (last.ckpt); pass --resume to continue it or choose "
-                          f"another experiment name")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
@@ -565,7 +625,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     skipped: dict[str, str] = {}  # path -> reason, over all ranks
     start = 0
     if resume:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
+        try:  # no code runs from the file unless trusted: a run folder can come from anywhere
+            ckpt = load_checkpoint_file(ckpt_path, trust_checkpoint, what="resume checkpoint")
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
         _check_resumable(ckpt, cfg, world, len(files))
         raw.load_state_dict(ckpt["objective"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -574,11 +637,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
         skipped, start = dict(ckpt["skipped_files"]), int(ckpt["step"])
         if rank == 0:
             log.info("resuming %s at step %d (epoch %d, index %d)", out, start, *ckpt["sampler"][:2])
+            if changed:  # --allow-config-change: keep the settings the first steps ran with
+                kept = out / f"config.to-step{start}.yaml"
+                os.replace(out / "config.yaml", kept)
+                log.warning("resuming with changed settings (%s); the previous config is kept as %s",
+                            "; ".join(changed), kept)
             if skipped:
                 log.warning("%d unusable audio files were skipped so far (last.ckpt['skipped_files'])",
                             len(skipped))
-    if stop_at_step is not None and stop_at_step < 0:
-        raise ConfigError(f"stop_at_step must be >= 0, got {stop_at_step}")
     stop = cfg.max_steps if stop_at_step is None else min(cfg.max_steps, stop_at_step)
     sampler = StepBatchSampler(len(files), cfg.batch_size, cfg.seed, start, stop, rank, world)
     workers = cfg.data.num_workers
@@ -592,10 +658,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
     if cfg.compile:
         model = torch.compile(model)
 
-    def save(step: int) -> None:
+    def save(step: int, final: bool) -> None:
         if rank == 0:
             _save_checkpoint(ckpt_path, raw, optimizer, schedule, cfg, step, world, sampler.position(step),
-                             len(files), skipped)
+                             len(files), skipped, final)
 
     # ---------------------------------------------------------------- steps
     report = _Reporter(cfg, out, start, stop, resume, rank == 0)
@@ -619,7 +685,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
                 raw.after_step(step, cfg.max_steps)
                 step += 1
                 pending.append((step, lr, wd, keys, stats))
-                if not _sync_due(step, stop, cfg):
+                # one process stops right after the step a signal came in; ranks stop together at a sync
+                if not (_sync_due(step, stop, cfg) or (world == 1 and flag.signal is not None)):
                     continue
                 rows, (signals, bad_count) = _gather_stats(
                     pending, [float(flag.signal is not None), float(len(pending_bad))], world, device)
@@ -629,20 +696,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
                 pending_bad = []
                 for done, row_lr, row_wd, loss, logs in rows:
                     if not math.isfinite(loss):
-                        raise NonFiniteLossError(done, loss, str(out))
+                        raise NonFiniteLossError(done, loss, str(out), saved_at)
                     schedule.observe(done - 1, loss)
                     report.step(done, loss, row_lr, row_wd, logs, len(skipped))
                     last_loss = loss
-                if step % cfg.ckpt_every == 0:
-                    save(step)
+                if step % cfg.ckpt_every == 0 and step < stop:
+                    save(step, final=False)
                     saved_at = step
-                if signals:  # seen by every rank at the same step, so all of them stop together
+                if signals and step < stop:  # seen by every rank at the same step, so all of them stop together
                     stopped_by = signal.Signals(flag.signal).name if flag.signal else "a signal to a peer"
                     break
-            if saved_at != step:
-                save(step)
+            if stopped_by is None:  # reached its stop: the run's outputs, upstream.pt included
+                if saved_at != step or not (out / "upstream.pt").is_file():
+                    save(step, final=True)
+            elif saved_at != step:
+                save(step, final=False)
         if rank == 0 and stopped_by:
-            log.info("stopped by %s at step %d; checkpoint saved to %s", stopped_by, step, ckpt_path)
+            log.info("stopped by %s at step %d of %d; last.ckpt saved to %s (no upstream.pt written)", stopped_by,
+                     step, cfg.max_steps, ckpt_path)
         if rank == 0 and skipped:
             log.warning("%d unusable audio files were skipped (listed in last.ckpt['skipped_files'])",
                         len(skipped))
@@ -651,8 +722,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, objective: nn.Module | N
         del batches  # shuts the loader's workers down
         if world > 1 and owns_group and dist.is_initialized():
             dist.destroy_process_group()
-    return {"step": step, "stopped_by": stopped_by, "skipped_files": len(skipped), "out_dir": str(out),
-            "last_loss": last_loss}
+    return {"step": step, "max_steps": cfg.max_steps, "stopped_by": stopped_by, "skipped_files": len(skipped),
+            "out_dir": str(out), "last_loss": last_loss}
 
 
 def _train_step(model, raw, fbank: Fbank, wavs: Tensor, lengths: Tensor, optimizer, cfg: PretrainConfig,
@@ -764,11 +835,15 @@ def _record_skipped(skipped: dict[str, str], new: list[tuple[str, str]], world: 
 
 
 def _save_checkpoint(path: Path, raw: nn.Module, optimizer, schedule: Schedule, cfg: PretrainConfig,
-                     step: int, world: int, position: tuple[int, int], num_files: int, skipped: dict) -> None:
-    """``upstream.pt`` (the encoder as an upstream) and ``last.ckpt`` (everything to resume), atomically."""
-    save_upstream(raw.to_upstream(), path.parent / "upstream.pt",
-                  extra={"pretrain_step": step, "objective": dict(cfg.objective),
-                         "skipped_files": len(skipped)})
+                     step: int, world: int, position: tuple[int, int], num_files: int, skipped: dict,
+                     final: bool) -> None:
+    """``last.ckpt`` (everything to resume) and, when ``final``, ``upstream.pt`` (the encoder as an upstream),
+    each atomically. A run stopped by a signal leaves no ``upstream.pt``: one there means the run reached its
+    stop (``max_steps``, or ``stop_at_step`` when given; ``extra.pretrain_step`` says which step)."""
+    if final:
+        save_upstream(raw.to_upstream(), path.parent / "upstream.pt",
+                      extra={"pretrain_step": step, "objective": dict(cfg.objective),
+                             "skipped_files": len(skipped)})
     _atomic_save({
         "format": CKPT_FORMAT, "version": CKPT_VERSION, "step": step, "world_size": world,
         "objective": raw.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -851,6 +926,9 @@ def _truncate_losses(path: Path, step: int) -> None:
         return
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
              if ln.strip() and json.loads(ln)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ from typing import Callable
 
 from torch import nn
 
+from .safe_load import trusting_checkpoints
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 
@@ -62,14 +64,31 @@ def resolve_builder(name: str) -> Callable[..., nn.Module]:
                      f"or give 'package.module:builder' for your own")
 
 
-def load(name: str, ckpt: str | os.PathLike | None = None, **overrides) -> nn.Module:
+def load(name: str, ckpt: str | os.PathLike | None = None, trust_checkpoint: bool = False,
+         **overrides) -> nn.Module:
     """Build upstream ``name``, from ``ckpt`` when given (official or astbench format).
 
     Overrides use the official argument names (``fstride``, ``tstride``, ``window_secs``, ...); an unknown
-    one raises naming it.
+    one raises naming it. ``trust_checkpoint=True`` lets a checkpoint that needs more than the official
+    formats be unpickled in full, which can run code stored in it (:mod:`upstream.safe_load`); it warns.
     """
     builder = resolve_builder(name)
-    model = builder(ckpt=ckpt, **overrides) if ckpt is not None else builder(**overrides)
+    with trusting_checkpoints(trust_checkpoint):
+        return _build(name, builder, ckpt, overrides)
+
+
+def _build(name: str, builder: Callable[..., nn.Module], ckpt, overrides: dict) -> nn.Module:
+    if name in _REGISTRY:  # ours: their errors already name the problem
+        model = builder(ckpt=ckpt, **overrides) if ckpt is not None else builder(**overrides)
+    else:  # a user's builder: whatever it raises becomes one line naming it
+        try:
+            model = builder(ckpt=ckpt, **overrides) if ckpt is not None else builder(**overrides)
+        except Exception as err:  # noqa: BLE001
+            message = " ".join(str(err).split()) or "(no message)"
+            raise ValueError(f"upstream {name!r}: the builder raised {type(err).__name__}: {message}") from err
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"upstream {name!r}: the builder returned {type(model).__name__}, not a "
+                             f"torch.nn.Module following the upstream contract (upstream/interface.py)")
     if not getattr(model, "name", None):
         model.name = name
     return model
