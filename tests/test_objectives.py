@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from upstream import asit, mae_ast, ssast
+from upstream.masking import asit_corrupt
 from upstream.objective import info_nce
 
 
@@ -23,12 +24,37 @@ def _structured_fbank(B: int, T: int, seed: int = 0) -> torch.Tensor:
 def test_info_nce_matches_hand_computation():
     target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     pred = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
-    # logits = target @ pred^T = [[2, 0], [0, 1]]; loss = -mean of the log-softmax diagonal (rows)
+    # SSAST: logits = target @ pred^T = [[2, 0], [0, 1]]; loss = -mean of the log-softmax diagonal (rows)
     expected = ((math.log(math.e**2 + 1) - 2) + (math.log(1 + math.e) - 1)) / 2
-    loss, acc = info_nce(pred, target)
+    loss, acc = info_nce(pred, target, over="predictions")
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert acc.item() == 1.0
-    loss, acc = info_nce(pred.flip(1), target)  # each prediction now matches the other patch
+    loss, acc = info_nce(pred.flip(1), target, over="predictions")  # each prediction now matches the other patch
+    assert acc.item() == 0.0
+    with pytest.raises(ValueError, match="over must be"):
+        info_nce(pred, target, over="rows")
+
+
+def test_info_nce_directions_differ_as_the_two_papers_write_them():
+    """SSAST normalises each target's row over the predictions, MAE-AST each prediction's row over the targets:
+    the same scores, transposed."""
+    target = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    pred = torch.tensor([[[3.0, 0.0], [0.0, 1.0]]])
+    s = target[0] @ pred[0].T  # s[r, c] = target_r . pred_c = [[3, 0], [3, 1]]
+    ssast_loss = -(torch.log_softmax(s, 1).diagonal()).mean()  # rows = targets
+    mae_loss = -(torch.log_softmax(s.T, 1).diagonal()).mean()  # rows = predictions
+    assert info_nce(pred, target, over="predictions")[0].item() == pytest.approx(ssast_loss.item(), abs=1e-6)
+    assert info_nce(pred, target, over="targets")[0].item() == pytest.approx(mae_loss.item(), abs=1e-6)
+    assert abs(ssast_loss - mae_loss) > 0.5
+
+
+def test_ssast_accuracy_takes_the_argmax_of_the_row_softmaxed_matrix():
+    """``argmax(softmax(total), dim=0)`` in ``mpc``: each row is normalised first, then columns compared."""
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    pred = torch.tensor([[[1.0, 0.0], [3.0, 0.5]]])  # logits = target @ pred^T = [[1, 3], [0, 0.5]]
+    # raw columns: column 0 -> row 0 (right), column 1 -> row 0 (wrong): 0.5. Row-softmaxed: [[0.12, 0.88],
+    # [0.38, 0.62]]: column 0 -> row 1, column 1 -> row 0, both wrong: 0.
+    _, acc = info_nce(pred, target, over="predictions")
     assert acc.item() == 0.0
 
 
@@ -182,12 +208,12 @@ def test_asit_reconstruction_head_equals_the_official_transposed_conv():
     torch.testing.assert_close(head(x, 6, 8), ref, rtol=1e-5, atol=1e-6)
 
 
-def _train(o, x, steps=30, lr=2e-3):
+def _train(o, x, steps=30, lr=2e-3, **given):
     opt = torch.optim.AdamW(o.param_groups(0.0), lr=lr)
     g = torch.Generator().manual_seed(0)
     hist = []
     for step in range(steps):
-        loss, logs = o(x, None, g)
+        loss, logs = o(x, None, g, **given)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -203,8 +229,164 @@ def test_objectives_learn_on_a_fixed_batch():
     assert sum(v for v, _ in h[-5:]) < 0.9 * sum(v for v, _ in h[:5])
     h = _train(mae_ast.build_objective(dict(family="mae_ast", size="mini")), x * 3 - 6)
     assert sum(v for v, _ in h[-5:]) < 0.9 * sum(v for v, _ in h[:5])
-    # DINO terms rise towards their entropy while the centre settles; the reconstruction alone must fall
+    # DINO terms rise towards their entropy while the centre settles; the reconstruction alone must fall. The
+    # official heads start small (trunc-normal 0.02), so a fresh corruption each step would hide the trend in
+    # 40 steps: the views are corrupted once, through the objective's seam.
     o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
                                   use_cls=False, use_data=False))
-    h = _train(o, torch.stack([x[:, :96], x[:, 16:112]], 1), steps=40, lr=5e-3)
-    assert sum(lg["recon"] for _, lg in h[-5:]) < 0.93 * sum(lg["recon"] for _, lg in h[:5])
+    views = torch.stack([x[:, :96], x[:, 16:112]], 1)  # (B, 2, T, F)
+    corrupted, mask = asit_corrupt(views.flatten(0, 1), generator=torch.Generator().manual_seed(0))
+    h = _train(o, views, steps=40, lr=5e-3, corruption=(corrupted.view_as(views), mask.view_as(views)))
+    assert sum(lg["recon"] for _, lg in h[-5:]) < 0.85 * sum(lg["recon"] for _, lg in h[:5])
+
+
+# ------------------------------------------------------------------------------------------ given masks / views
+def test_ssast_given_masks_are_the_masks_used():
+    o = ssast.build_objective(dict(family="ssast", size="mini", mask_patch=20, input_tdim=128))
+    x = torch.randn(2, 128, 128)
+    g = torch.Generator().manual_seed(0)
+    drawn = [o.draw_mask(2, g, x.device) for _ in range(2)]  # what forward draws from the same generator
+    loss_given, _ = o(x, None, masks=drawn)
+    assert loss_given.item() == pytest.approx(o(x, None, torch.Generator().manual_seed(0))[0].item(), abs=1e-6)
+    # the official joint step: the first mask feeds mpc, the second mpg, in that order
+    assert loss_given.item() != pytest.approx(o(x, None, masks=drawn[::-1])[0].item(), abs=1e-3)
+    with pytest.raises(ValueError, match="takes 2 mask"):
+        o(x, None, masks=drawn[:1])
+    with pytest.raises(ValueError, match=r"bool \(2, 64\)"):
+        o(x, None, masks=[m.float() for m in drawn])
+    with pytest.raises(ValueError, match="exactly mask_patch=20"):
+        o(x, None, masks=[drawn[0], torch.zeros_like(drawn[1])])
+
+
+def test_mae_ast_given_mask_replaces_the_drawn_one():
+    o = mae_ast.build_objective(dict(family="mae_ast", size="mini", encoder={"dropout": 0.0, "attn_dropout": 0.0,
+                                                                              "dropout_input": 0.0, "layerdrop": 0.0}))
+    x = torch.randn(2, 128, 128)
+    mask = o.draw_mask(2, (8, 8), torch.Generator().manual_seed(3), x.device)
+    a, _ = o(x, None, mask=mask)
+    b, _ = o(x, None, torch.Generator().manual_seed(3))
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"bool \(2, 64\) with 48 True per row"):
+        o(x, None, mask=mask[:, :10])
+
+
+def test_asit_given_corruption_is_what_the_student_sees():
+    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+                                  drop_path=0.0))
+    x = torch.randn(2, 2, 96, 128)
+    mask = torch.zeros(2, 2, 96, 128, dtype=torch.bool)
+    mask[:, :, :40] = True
+    corrupted = x.masked_fill(mask, 0.0)
+    seen = []
+    forward_features = o.encoder.forward_features
+    o.encoder.forward_features = lambda t, *a, **k: seen.append(t) or forward_features(t, *a, **k)
+    _, logs = o(x, None, corruption=(corrupted, mask))
+    assert torch.equal(seen[0], corrupted.flatten(0, 1))
+    with torch.no_grad():  # L1 on exactly the given corrupted bins
+        rec = o.rec_head(forward_features(corrupted.flatten(0, 1))[:, 1:], 6, 8)  # (BV, 96, 128)
+    expected = (rec - x.flatten(0, 1)).abs()[mask.flatten(0, 1)].mean()
+    torch.testing.assert_close(logs["recon"], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ASiT corruption must be"):
+        o(x, None, corruption=(corrupted, mask.float()))
+
+
+# ------------------------------------------------------------------------------------------ official details
+def test_asit_heads_follow_main_asit_for_every_backbone():
+    """main_ASiT.py builds RECHead(hidden_dim=768, bottleneck_dim=128) and CLSHead(2048, 256) whatever the
+    backbone, and RECHead ends its MLP with a GELU; sizes can be set (the fixtures use smaller heads)."""
+    for size in ("small", "base"):
+        h = asit.ASiTPretrainConfig(size=size).head_sizes()
+        assert h == dict(head_hidden=2048, head_bottleneck=256, rec_hidden=768, rec_bottleneck=128)
+    head = asit.RECHead(32, 96, 16)
+    assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear", "GELU"]
+    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+                                  rec_hidden=96, head_bottleneck=8, encoder={"depth": 3}))
+    assert o.rec_head.mlp[0].out_features == 96 and o.head.mlp[4].out_features == 8
+    assert len(o.encoder.blocks) == len(o.teacher.blocks) == 3
+    with pytest.raises(ValueError, match="unknown asit objective encoder key 'dpeth'.*'depth'"):
+        asit.build_objective(dict(family="asit", size="mini", encoder={"dpeth": 3}))
+
+
+def test_asit_teacher_temperature_is_dinos_linspace():
+    """np.linspace(0.04, 0.07, W)[s]: the fixture's epoch 12 of 30 gives 0.0524138, the last warm-up step 0.07."""
+    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+                                  warmup_teacher_temp_steps=30))
+    for step, expected in ((0, 0.04), (12, 0.04 + 0.03 * 12 / 29), (29, 0.07), (50, 0.07)):
+        o.step.fill_(step)
+        assert o.teacher_temp().item() == pytest.approx(expected, abs=1e-7)
+
+
+def test_mae_ast_decoder_drops_out_after_its_input_layernorm():
+    """fairseq TransformerEncoder (layer_norm_first=False): x = dropout(layer_norm(x)), then the layers."""
+    o = mae_ast.build_objective(dict(family="mae_ast", size="mini", encoder={"dropout": 0.5}))
+    seen = []
+    o.decoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 96, 64)
+    o.decoder.train()
+    o.decoder(x)
+    normed = o.decoder.input_norm(x)
+    kept = seen[0] != 0
+    assert 0.3 < kept.float().mean() < 0.7  # half of the normalised input dropped ...
+    torch.testing.assert_close(seen[0][kept], 2 * normed[kept])  # ... the rest scaled by 1 / (1 - p)
+    o.decoder.eval()
+    o.decoder(x)
+    torch.testing.assert_close(seen[1], normed)
+    assert mae_ast.build_objective(dict(family="mae_ast", size="mini")).decoder.input_drop.p == 0.1
+
+
+@pytest.mark.parametrize("family", ["ssast", "mae_ast", "asit"])
+def test_weight_decay_groups_follow_each_official_optimiser(family):
+    """SSAST (torch Adam) and MAE-AST (fairseq Adam) decay every parameter; ASiT uses DINO's groups: no decay
+    for biases and 1-D parameters, decay for weights, the cls token and the position table."""
+    from upstream.pretrain import OptimConfig, _make_optimizer
+
+    cfg = {"ssast": dict(input_tdim=128, mask_patch=20), "mae_ast": {}, "asit": dict(num_frames=96, out_dim_cls=32,
+                                                                                     out_dim_data=16)}[family]
+    o = {"ssast": ssast, "mae_ast": mae_ast, "asit": asit}[family].build_objective(dict(family=family, size="mini",
+                                                                                         **cfg))
+    opt = _make_optimizer(o, OptimConfig(name="adamw", weight_decay=0.04), torch.device("cpu"))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.04 for p in g["params"]}
+    names = {n: id(p) in decayed for n, p in o.named_parameters() if p.requires_grad}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)  # every trainable parameter, once
+    if family != "asit":
+        assert all(names.values())
+    else:
+        assert names["encoder.prefix_tokens"] and names["encoder.pos_embed"] and names["head.cls_v"]
+        assert names["encoder.blocks.0.attn.qkv.weight"] and names["rec_head.conv_trans.weight"]
+        assert not names["encoder.norm.weight"] and not names["encoder.blocks.0.attn.qkv.bias"]
+        assert not names["rec_head.conv_trans.bias"] and not any(n.startswith("teacher") for n in names)
+
+
+# ------------------------------------------------------------------------------------------ front-end round trip
+@pytest.mark.parametrize("family,name", [("ssast", "ssast_patch_mini"), ("mae_ast", "mae_ast_patch_mini"),
+                                         ("asit", "asit_mini")])
+def test_a_pretrained_model_keeps_its_front_end(family, name, tmp_path):
+    """What the objective saves (upstream.pt) loads with the statistics and input length it was trained with:
+    SSAST / ASiT fbank statistics and target length, MAE-AST's in-model BatchNorm statistics."""
+    import upstream
+    from upstream.checkpoint import save_upstream
+
+    cfg = {"ssast": dict(input_tdim=128, mask_patch=20, norm_mean=-6.5, norm_std=3.25),
+           "mae_ast": {}, "asit": dict(num_frames=96, out_dim_cls=32, out_dim_data=16, norm_mean=-6.5,
+                                       norm_std=3.25)}[family]
+    o = {"ssast": ssast, "mae_ast": mae_ast, "asit": asit}[family].build_objective(dict(family=family, size="mini",
+                                                                                         **cfg))
+    if family == "mae_ast":  # a training step moves the BatchNorm statistics off their defaults
+        o(_structured_fbank(2, 128) * 3 - 6, None, torch.Generator().manual_seed(0))
+        assert o.encoder.input_bn.running_mean.item() != 0.0
+    save_upstream(o.to_upstream(), tmp_path / "upstream.pt")
+    loaded = upstream.load(name, ckpt=tmp_path / "upstream.pt")
+    fe = loaded.cfg.frontend
+    if family == "mae_ast":
+        assert fe == o.frontend
+        for k in ("running_mean", "running_var"):
+            torch.testing.assert_close(getattr(loaded.encoder.input_bn, k), getattr(o.encoder.input_bn, k))
+        return
+    assert (fe.norm_mean, fe.norm_std) == (-6.5, 3.25)
+    length = cfg.get("input_tdim", cfg.get("num_frames"))
+    assert fe.target_length == loaded.cfg.window_frames == length
+    if family == "ssast":  # an explicit length still wins; the statistics stay the model's
+        other = upstream.load(name, ckpt=tmp_path / "upstream.pt", target_length=100).cfg
+        assert other.frontend.target_length == 100 and other.frontend.norm_mean == -6.5
+        official_like = upstream.load(name).cfg.frontend  # a random init gets s3prl's AudioSet defaults
+        assert official_like.norm_mean != -6.5 and official_like.target_length == 100

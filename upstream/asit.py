@@ -11,7 +11,7 @@ concatenated tokens stay on one time grid.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig, upstream_with_weights
 from .masking import asit_corrupt
-from .objective import Objective, parse_objective_config
+from .objective import Objective, dino_param_groups, override_encoder, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 from .tokenizer import unpatchify
 
@@ -63,9 +63,11 @@ def build_asit(name: str, size: str, ckpt=None, **overrides) -> Upstream:
 
 
 # ------------------------------------------------------------------------------------------ pretraining
-HEADS = {  # CLSHead hidden/bottleneck and RECHead hidden/bottleneck (main_ASiT.py; 'mini' scaled down)
+# CLSHead and RECHead (hidden, bottleneck): main_ASiT.py builds both with their defaults for every backbone
+# (vision_transformer.py: CLSHead 2048 / 256, RECHead 768 / 128); 'mini' is scaled down for tests.
+HEADS = {
     "mini": dict(head_hidden=128, head_bottleneck=32, rec_hidden=64, rec_bottleneck=16),
-    "small": dict(head_hidden=2048, head_bottleneck=256, rec_hidden=384, rec_bottleneck=128),
+    "small": dict(head_hidden=2048, head_bottleneck=256, rec_hidden=768, rec_bottleneck=128),
     "base": dict(head_hidden=2048, head_bottleneck=256, rec_hidden=768, rec_bottleneck=128),
 }
 
@@ -82,7 +84,9 @@ class ASiTPretrainConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_steps: int = 0  # official: 30 epochs, linear 0.04 -> 0.07
+    # official: np.linspace(0.04, 0.07, 30 epochs)[epoch], then 0.07; here per step: the value at step s is
+    # np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_steps)[s]
+    warmup_teacher_temp_steps: int = 0
     momentum_teacher: float = 0.996  # cosine schedule to 1 over training
     center_momentum: float = 0.9
     recon_weight: float = 2.0  # loss = clsloss + dtaloss + 2 * recloss
@@ -98,6 +102,11 @@ class ASiTPretrainConfig:
     aligned_blocks: bool = False  # snap the blocks to the 16 x 16 patch grid (--drop_align 16, Section 4.4)
     norm_mean: float = -4.2677393
     norm_std: float = 4.5689974
+    head_hidden: int | None = None  # CLSHead hidden_dim / bottleneck_dim, RECHead hidden_dim / bottleneck_dim;
+    head_bottleneck: int | None = None  # None = HEADS[size]
+    rec_hidden: int | None = None
+    rec_bottleneck: int | None = None
+    encoder: dict = field(default_factory=dict)  # EncoderConfig fields overriding the size table (e.g. depth)
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -106,6 +115,17 @@ class ASiTPretrainConfig:
             raise ValueError("ASiT needs at least one of use_cls, use_data, use_recon")
         if self.aligned_blocks and not self.corrupt:
             raise ValueError("ASiT aligned_blocks=true needs corrupt=true (there are no blocks to align)")
+
+    def head_sizes(self) -> dict:
+        return {k: HEADS[self.size][k] if getattr(self, k) is None else getattr(self, k) for k in HEADS[self.size]}
+
+
+def _trunc_normal_linears(mlp: nn.Sequential) -> None:
+    """The heads' ``_init_weights``: trunc-normal(0.02) Linear weights, zero biases."""
+    for m in mlp:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
 
 
 class CLSHead(nn.Module):
@@ -116,8 +136,10 @@ class CLSHead(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
-        self.cls_v = nn.Parameter(nn.init.trunc_normal_(torch.empty(out_cls, bottleneck), std=0.02))
-        self.data_v = nn.Parameter(nn.init.trunc_normal_(torch.empty(out_data, bottleneck), std=0.02))
+        _trunc_normal_linears(self.mlp)
+        # weight_v of the official weight-normed layers, nn.Linear's default init (only directions matter)
+        self.cls_v = nn.Parameter(nn.Linear(bottleneck, out_cls, bias=False).weight.detach())
+        self.data_v = nn.Parameter(nn.Linear(bottleneck, out_data, bias=False).weight.detach())
 
     def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cls (B, D), patches (B, N, D) -> (B, out_cls), (B, N, out_data)."""
@@ -128,7 +150,8 @@ class CLSHead(nn.Module):
 
 
 class RECHead(nn.Module):
-    """Patch tokens -> MLP -> transposed conv back to the spectrogram (one 16x16 patch per token).
+    """Patch tokens -> MLP (GELU after every Linear, the bottleneck's included) -> transposed conv back to the
+    spectrogram (one 16x16 patch per token).
 
     With kernel = stride the transposed conv maps each token to its own patch, i.e. a linear layer; it runs
     as one (here: ``(B*N, C) @ (C, 256)``) matmul on the official ``conv_trans`` weight ``(C, 1, 16, 16)``.
@@ -140,7 +163,8 @@ class RECHead(nn.Module):
         super().__init__()
         self.patch = patch
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+                                 nn.Linear(hidden, bottleneck), nn.GELU())
+        _trunc_normal_linears(self.mlp)
         self.conv_trans = nn.ConvTranspose2d(bottleneck, 1, kernel_size=patch, stride=patch)
 
     def forward(self, patches: torch.Tensor, n_t: int, n_f: int) -> torch.Tensor:
@@ -162,9 +186,10 @@ class ASiTObjective(Objective):
     def __init__(self, cfg: ASiTPretrainConfig):
         super().__init__()
         self.cfg = cfg
-        enc_cfg = EncoderConfig.from_dict({**encoder_config(cfg.size, cfg.num_frames).to_dict(), "drop_path": cfg.drop_path})
+        overrides = {"drop_path": cfg.drop_path, **cfg.encoder}
+        enc_cfg = override_encoder(encoder_config(cfg.size, cfg.num_frames), overrides, "asit")
         self.encoder = ASTEncoder(enc_cfg)  # student
-        D, h = enc_cfg.embed_dim, HEADS[cfg.size]
+        D, h = enc_cfg.embed_dim, cfg.head_sizes()
         self.head = CLSHead(D, h["head_hidden"], h["head_bottleneck"], cfg.out_dim_cls, cfg.out_dim_data)
         self.rec_head = RECHead(D, h["rec_hidden"], h["rec_bottleneck"])
         self.teacher = ASTEncoder(EncoderConfig.from_dict({**enc_cfg.to_dict(), "drop_path": 0.0}))
@@ -184,6 +209,10 @@ class ASiTObjective(Objective):
         self.frontend.norm_mean, self.frontend.norm_std = cfg.norm_mean, cfg.norm_std
         self.crop_secs = cfg.crop_secs
 
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """DINO's groups (``utils.get_params_groups`` on the student): no decay for biases and 1-D parameters."""
+        return dino_param_groups(self, weight_decay)
+
     def upstream_config(self) -> UpstreamConfig:
         return UpstreamConfig("asit", self.teacher.cfg, self.frontend, window_frames=self.cfg.num_frames,
                               window_mode="exact")
@@ -199,16 +228,30 @@ class ASiTObjective(Objective):
         c = self.cfg
         if c.warmup_teacher_temp_steps <= 0:
             return torch.full((), c.teacher_temp, device=self.step.device)  # a fill kernel, no host copy
-        frac = (self.step.float() / c.warmup_teacher_temp_steps).clamp(max=1.0)
+        # np.linspace(warm, final, W)[step]: the last warm-up step (W - 1) already reaches the final value
+        frac = (self.step.float() / max(c.warmup_teacher_temp_steps - 1, 1)).clamp(max=1.0)
         return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * frac
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
-        """fbank (B, 2, T, F): two normalised views per clip -> (loss, logs)."""
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None, generator: torch.Generator | None = None,
+                corruption: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """fbank (B, 2, T, F): two normalised views per clip -> (loss, logs).
+
+        ``corruption``: the student's views and where they were corrupted, ``(corrupted (B, 2, T, F),
+        mask (B, 2, T, F) bool)``, e.g. what the official data pipeline drew for a golden fixture; default:
+        drawn from ``generator`` by :func:`~upstream.masking.asit_corrupt` (or none with ``corrupt=False``).
+        """
         c = self.cfg
         B, V, T, Fb = fbank.shape
         clean = fbank.reshape(B * V, T, Fb)
         n_f, n_t = self.encoder.grid_for(T)
-        if c.corrupt:
+        if corruption is not None:
+            corrupted, mask = corruption
+            if tuple(corrupted.shape) != tuple(fbank.shape) or tuple(mask.shape) != tuple(fbank.shape) \
+                    or mask.dtype != torch.bool:
+                raise ValueError(f"ASiT corruption must be (views, bool mask), both shaped {tuple(fbank.shape)}; "
+                                 f"got {tuple(corrupted.shape)} and {mask.dtype} {tuple(mask.shape)}")
+            corrupted, mask = corrupted.reshape(B * V, T, Fb), mask.reshape(B * V, T, Fb)
+        elif c.corrupt:
             corrupted, mask = asit_corrupt(clean, drop_perc=tuple(c.drop_perc), drop_replace=c.drop_replace,
                                            replace_prob=c.replace_prob if c.alien else 0.0,
                                            align=self.encoder.cfg.tshape if c.aligned_blocks else 1,

@@ -11,7 +11,7 @@ output, tokens of one time step concatenated, layerdrop off.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,10 +21,10 @@ from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig, upstream_with_weights
 from .tokenizer import patchify
-from .layers import Block, sinusoid_pos_embed
+from .layers import Block
 from .masking import (chunk_mask, gather_tokens, mae_ast_num_masked, mae_random_mask, masked_indices,
                       visible_indices)
-from .objective import Objective, info_nce, parse_objective_config
+from .objective import Objective, info_nce, override_encoder, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
 SIZES = {
@@ -91,6 +91,9 @@ class MAEASTPretrainConfig:
     decoder_depth: int = 2
     objective: str = "joint"  # 'joint' (recon + InfoNCE) or 'generative' (recon only)
     crop_secs: float = 10.0  # random crop per clip (the official max_sample_size is 250k samples)
+    # EncoderConfig fields overriding the size table, e.g. {depth: 3} or {dropout: 0.0}; the decoder shares
+    # the encoder's width, heads, FFN and dropouts, as the official TransformerEncoder(cfg, decoder=True)
+    encoder: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mask_type not in ("chunk", "random"):
@@ -100,17 +103,24 @@ class MAEASTPretrainConfig:
 
 
 class Decoder(nn.Module):
-    """Shallow post-norm transformer over encoder outputs + mask tokens (fairseq layer_norm_first=False)."""
+    """Shallow post-norm transformer over encoder outputs + mask tokens: fairseq's ``TransformerEncoder``
+    with ``layer_norm_first=False`` (LayerNorm on the input, then dropout, then the layers)."""
 
     def __init__(self, cfg: EncoderConfig, depth: int):
         super().__init__()
         D = cfg.embed_dim
         self.input_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.input_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, True, False, cfg.norm_eps, cfg.dropout,
                                           cfg.attn_dropout, cfg.activation_dropout) for _ in range(depth))
+        for m in self.blocks.modules():  # fairseq init_bert_params: N(0, 0.02) weights, zero biases
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_norm(x)
+        """(B, N, D) -> (B, N, D)."""
+        x = self.input_drop(self.input_norm(x))
         for blk in self.blocks:
             x = blk(x)
         return x
@@ -126,7 +136,7 @@ class MAEASTObjective(Objective):
     def __init__(self, cfg: MAEASTPretrainConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ASTEncoder(encoder_config(cfg.token, cfg.size))
+        self.encoder = ASTEncoder(override_encoder(encoder_config(cfg.token, cfg.size), cfg.encoder, "mae_ast"))
         e, D = self.encoder.cfg, self.encoder.cfg.embed_dim
         self.decoder = Decoder(e, cfg.decoder_depth)
         self.decoder_mask_emb = nn.Parameter(torch.empty(D).uniform_())  # as fairseq's mask embeddings
@@ -139,8 +149,13 @@ class MAEASTObjective(Objective):
     def upstream_config(self) -> UpstreamConfig:
         return UpstreamConfig("mae_ast", self.encoder.cfg, FbankConfig.mae_ast(), window_frames=None)
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
-        """fbank (B, T, F) unnormalised log-mel (the model's BatchNorm normalises it) -> (loss, logs)."""
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None, generator: torch.Generator | None = None,
+                mask: torch.Tensor | None = None):
+        """fbank (B, T, F) unnormalised log-mel (the model's BatchNorm normalises it) -> (loss, logs).
+
+        ``mask``: (B, N) bool, True = masked (time-major token ids, the same count in every row), e.g. the
+        official ``mask_indices`` of a golden fixture; default: drawn from ``generator``.
+        """
         c, e, enc = self.cfg, self.encoder.cfg, self.encoder
         x = enc.normalize_input(fbank)  # BatchNorm * 0.5, batch statistics while training
         n_f, n_t = enc.grid_for(fbank.shape[1])
@@ -149,27 +164,37 @@ class MAEASTObjective(Objective):
         tokens = enc.input_drop(enc.patch_embed(x))  # (B, N, D); dropout_input as the official pretraining
         B, _, D = tokens.shape
         num_masked = mae_ast_num_masked(N, c.mask_ratio)
-        if c.mask_type == "chunk":
-            mask = chunk_mask(B, (n_f, n_t), c.mask_ratio, order="time_major", shared_across_batch=c.chunk_shared,
-                              generator=generator, device=fbank.device)
-        else:
-            mask = mae_random_mask(B, N, c.mask_ratio, generator=generator, device=fbank.device)  # (B, N)
+        if mask is None:
+            mask = self.draw_mask(B, (n_f, n_t), generator, fbank.device)  # (B, N)
+        elif mask.dtype != torch.bool or tuple(mask.shape) != (B, N) or bool((mask.sum(1) != num_masked).any()):
+            raise ValueError(f"MAE-AST mask must be bool ({B}, {N}) with {num_masked} True per row "
+                             f"(mask_ratio={c.mask_ratio}), got {mask.dtype} {tuple(mask.shape)}")
         ids_keep, ids_restore = visible_indices(mask, num_masked)  # (B, N_vis), (B, N)
         visible = gather_tokens(enc.add_position(tokens), ids_keep)  # (B, N_vis, D): positions added first
         _, latent = enc.forward_blocks(visible, indices=[])  # post-norm: the last layer's output
-        # decoder input: encoder outputs back in place, the shared mask token elsewhere, fresh positions
+        # decoder input: encoder outputs back in place, the shared mask token elsewhere, fresh positions (the
+        # decoder's sinusoid is the encoder's: same width, and the official dec_sine_pos_embed is the same table)
         full = torch.cat([latent, self.decoder_mask_emb.to(latent.dtype).expand(B, num_masked, D)], dim=1)
-        full = gather_tokens(full, ids_restore) + sinusoid_pos_embed(N, D, full.device, full.dtype)
+        full = enc.add_position(gather_tokens(full, ids_restore))  # (B, N, D)
         out = self.decoder(full)  # (B, N, D)
-        ids_masked = masked_indices(mask, num_masked)  # (B, M)
+        ids_masked = masked_indices(mask, num_masked)  # (B, M), increasing (the official boolean indexing)
         out_m, tgt_m = gather_tokens(out, ids_masked), gather_tokens(target, ids_masked)  # (B, M, *)
         recon = torch.mean((self.final_proj_reconstruction(out_m).float() - tgt_m.float()) ** 2)
         loss, logs = c.recon_weight * recon, {"recon": recon.detach()}
         if self.final_proj_classification is not None:
-            nce, acc = info_nce(self.final_proj_classification(out_m), tgt_m)
+            nce, acc = info_nce(self.final_proj_classification(out_m), tgt_m, over="targets")
             loss = loss + c.class_weight * nce
             logs.update(nce=nce.detach(), masked_acc=acc)
         return loss, logs
+
+    def draw_mask(self, batch: int, grid: tuple[int, int], generator: torch.Generator | None,
+                  device: torch.device) -> torch.Tensor:
+        """(B, N) bool, True = masked: chunks (one mask per batch, as the official) or uniform per clip."""
+        c, N = self.cfg, grid[0] * grid[1]
+        if c.mask_type == "chunk":
+            return chunk_mask(batch, grid, c.mask_ratio, order="time_major", shared_across_batch=c.chunk_shared,
+                              generator=generator, device=device)
+        return mae_random_mask(batch, N, c.mask_ratio, generator=generator, device=device)
 
 
 def build_objective(cfg: dict) -> MAEASTObjective:

@@ -12,6 +12,7 @@ from dataclasses import fields
 import torch
 from torch import nn
 
+from .encoder import EncoderConfig
 from .frontend import FbankConfig
 from .interface import Upstream, UpstreamConfig
 
@@ -30,7 +31,12 @@ def parse_objective_config(cls, cfg: dict, family: str):
 
 class Objective(nn.Module):
     """Base class: subclasses set ``family``, ``num_views``, ``frontend``, ``crop_secs``, ``encoder`` and
-    implement ``forward(fbank, num_frames, generator) -> (loss, logs)`` and ``upstream_config()``."""
+    implement ``forward(fbank, num_frames, generator) -> (loss, logs)`` and ``upstream_config()``.
+
+    ``forward`` draws its masks (or corrupted views) from ``generator`` with the pure functions of
+    :mod:`upstream.masking`; each family also takes them ready-made through one keyword argument (SSAST
+    ``masks``, MAE-AST ``mask``, ASiT ``corruption``), which is how the official objectives are replayed on
+    their golden fixtures (``tests/official_objectives.py``)."""
 
     family: str = ""
     num_views: int = 1
@@ -42,13 +48,10 @@ class Objective(nn.Module):
         """Called after each optimizer step (EMA teachers, schedules)."""
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """No weight decay on biases, norms, tokens and position tables (1-D or token-table parameters)."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name.endswith(("tokens", "pos_embed", "mask_embed", "mask_emb")) else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        """Weight decay on every trainable parameter: what SSAST's ``torch.optim.Adam(trainables,
+        weight_decay=5e-7)`` (``traintest_mask.py``) and MAE-AST's fairseq Adam (``weight_decay`` 0.01 on all
+        parameters) do. ASiT overrides this with DINO's groups (:func:`dino_param_groups`)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
     def upstream_config(self) -> UpstreamConfig:
         raise NotImplementedError
@@ -60,20 +63,60 @@ class Objective(nn.Module):
         return up
 
 
-def info_nce(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dino_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """DINO's ``utils.get_params_groups`` (ASiT ``main_ASiT.py``): no decay for biases and 1-D parameters
+    (norms), decay for everything else, tokens and position tables included."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def info_nce(pred: torch.Tensor, target: torch.Tensor, over: str) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE over the masked patches of each clip, the other masked patches being the negatives.
 
-    As SSAST's ``mpc`` computes it (and MAE-AST copies): ``logits = target @ pred^T`` per clip, log-softmax
-    along the last dim, mean of the diagonal (issue #13 of YuanGongND/ssast: it differs from the paper's
-    equation 1 and is kept for reproducibility).
+    The two papers normalise in opposite directions, and the two give different losses:
+
+    * ``over='predictions'``: SSAST ``mpc`` (``ast_models.py``): ``logits = target @ pred^T`` (row = target),
+      log-softmax along the last dim, i.e. over the predictions, mean of the diagonal (issue #13 of
+      YuanGongND/ssast: this differs from the paper's equation 1 and is kept for reproducibility). The
+      accuracy is SSAST's: per prediction (column), the argmax over targets of the *row-softmaxed* matrix.
+    * ``over='targets'``: MAE-AST ``mae_ast_criterion.py`` l.66-68: ``logits = pred @ target^T`` (row =
+      prediction), log-softmax over the targets. The official criterion logs no accuracy; here it counts the
+      predictions whose best-scoring target is their own.
 
     Args:
         pred, target: (B, M, d).
+        over: ``'predictions'`` (SSAST) or ``'targets'`` (MAE-AST).
     Returns:
-        (loss, accuracy): accuracy counts predictions whose best-matching target is their own.
+        (loss, accuracy), 0-d.
     """
-    logits = torch.einsum("bmd,bnd->bmn", target.float(), pred.float())  # (B, M, M)
-    loss = -torch.diagonal(torch.log_softmax(logits, dim=-1), dim1=1, dim2=2).mean()
+    if over not in ("predictions", "targets"):
+        raise ValueError(f"info_nce over must be 'predictions' or 'targets', got {over!r}")
+    pred, target = pred.float(), target.float()
+    rows, cols = (target, pred) if over == "predictions" else (pred, target)
+    logits = torch.einsum("bmd,bnd->bmn", rows, cols)  # (B, M, M)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    loss = -torch.diagonal(log_probs, dim1=1, dim2=2).mean()
     ids = torch.arange(logits.shape[1], device=logits.device)
-    acc = (logits.argmax(dim=1) == ids).float().mean()  # official: argmax over dim 0 of each clip's matrix
+    with torch.no_grad():
+        # SSAST: argmax over dim 0 of each clip's softmaxed matrix (torch.argmax(softmax(total), dim=0))
+        best = log_probs.argmax(dim=1) if over == "predictions" else logits.argmax(dim=-1)  # (B, M)
+        acc = (best == ids).float().mean()
     return loss, acc
+
+
+def override_encoder(cfg: EncoderConfig, overrides: dict, family: str) -> EncoderConfig:
+    """``cfg`` with an objective's ``encoder`` overrides (field names of :class:`EncoderConfig`, e.g. a depth
+    read from a checkpoint, or dropouts set to 0), unknown names refused by name."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{family} objective key 'encoder' must be a mapping of EncoderConfig fields, "
+                         f"got {overrides!r}")
+    known = {f.name for f in fields(EncoderConfig)}
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown {family} objective encoder key {key!r}{hint}; known: {sorted(known)}")
+    return EncoderConfig.from_dict({**cfg.to_dict(), **overrides})

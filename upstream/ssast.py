@@ -9,7 +9,7 @@ centre-cut / bilinear rule, and every block's output (before the final norm) as 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .interface import Upstream, UpstreamConfig
 from .tokenizer import patchify
 from .layers import ssast_adapt_pos_embed
 from .masking import gather_tokens, masked_indices, ssast_mask
-from .objective import Objective, info_nce, parse_objective_config
+from .objective import Objective, info_nce, override_encoder, parse_objective_config
 from .registry import check_overrides, register_upstream, resolve_checkpoint
 
 # ------------------------------------------------------------------------------------------ sizes
@@ -53,12 +53,18 @@ def build_ssast(name: str, token: str, size: str, default_file: str | None, ckpt
     """SSAST upstream at s3prl's settings, from an official ``.pth``, an astbench checkpoint or scratch."""
     check_overrides(name, overrides, OVERRIDES)
     geo = {**TOKENS[token], **{k: overrides[k] for k in ("fshape", "tshape", "fstride", "tstride") if k in overrides}}
-    window_secs = overrides.get("window_secs", 1.0)
-    target = overrides.get("target_length", overrides.get("input_tdim", int(round(window_secs * 100))))
-    if "window_secs" in overrides and target != int(round(window_secs * 100)):
-        raise ValueError(f"{name}: target_length {target} disagrees with window_secs {window_secs} (100 frames/s)")
     path = resolve_checkpoint(name, ckpt, default_file, overrides.get("random_init", False))
     raw = read_checkpoint(path, num_heads=overrides.get("num_heads")) if path is not None else None
+    # A checkpoint this project wrote keeps its front end (statistics, input length); official files get
+    # s3prl's (AudioSet statistics, 1 s windows). An explicit length still wins.
+    stored = raw.extra["upstream_config"].frontend if raw is not None and raw.source == "astbench" else None
+    window_secs = overrides.get("window_secs", 1.0)
+    target = int(round(window_secs * 100))
+    if stored is not None and stored.target_length and "window_secs" not in overrides:
+        target = stored.target_length
+    target = overrides.get("target_length", overrides.get("input_tdim", target))
+    if "window_secs" in overrides and target != int(round(window_secs * 100)):
+        raise ValueError(f"{name}: target_length {target} disagrees with window_secs {window_secs} (100 frames/s)")
     if raw is not None:
         if raw.family != "ssast":
             raise CheckpointError(f"{raw.path} is a {raw.family} checkpoint, but {name!r} is an SSAST upstream")
@@ -74,7 +80,8 @@ def build_ssast(name: str, token: str, size: str, default_file: str | None, ckpt
         pre = pretrain_encoder_config(token, overrides.get("model_size", size))
     enc_cfg = EncoderConfig.from_dict({**pre.to_dict(), "fstride": geo["fstride"], "tstride": geo["tstride"],
                                        "fshape": geo["fshape"], "tshape": geo["tshape"], "input_tdim": target})
-    cfg = UpstreamConfig("ssast", enc_cfg, FbankConfig.ssast_s3prl(target), window_frames=target,
+    frontend = FbankConfig.ssast_s3prl(target) if stored is None else replace(stored, target_length=target)
+    cfg = UpstreamConfig("ssast", enc_cfg, frontend, window_frames=target,
                          window_mode="s3prl", pooling=overrides.get("pooling", "mean"))
     model = Upstream(cfg, name)
     if raw is not None:
@@ -112,12 +119,26 @@ class SSASTPretrainConfig:
     input_tdim: int = 1024  # frames per pretraining clip (10.24 s)
     norm_mean: float = -4.2677393  # AudioSet + LibriSpeech stats of the released models
     norm_std: float = 4.5689974
+    encoder: dict = field(default_factory=dict)  # EncoderConfig fields overriding the size table (e.g. depth)
 
     def __post_init__(self):
         if self.token not in TOKENS or self.size not in SIZES:
             raise ValueError(f"SSAST token must be in {list(TOKENS)} and size in {list(SIZES)}")
         if self.objective not in ("joint", "discriminative", "generative"):
             raise ValueError(f"SSAST objective must be joint/discriminative/generative, got {self.objective!r}")
+
+    @property
+    def num_passes(self) -> int:
+        """Encoder passes per step, one mask each: two for the official joint step, else one."""
+        return 2 if self.objective == "joint" and self.two_pass else 1
+
+
+def ssast_patches(fbank: torch.Tensor, fshape: int, tshape: int) -> torch.Tensor:
+    """The targets: ``nn.Unfold((fshape, tshape))`` on the ``(B, 1, F, T)`` spectrogram, as ``mpc``/``mpg`` cut
+    them. (B, T, F) -> (B, N, fshape * tshape); tokens frequency-major, each patch flattened
+    frequency-outer / time-inner (element ``tshape * df + dt``), the order the official heads predict."""
+    p = patchify(fbank, fshape, tshape, "freq_major")  # (B, N, tshape * fshape), time-outer
+    return p.unflatten(-1, (tshape, fshape)).transpose(-1, -2).flatten(-2)
 
 
 class SSASTObjective(Objective):
@@ -129,7 +150,8 @@ class SSASTObjective(Objective):
     def __init__(self, cfg: SSASTPretrainConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ASTEncoder(pretrain_encoder_config(cfg.token, cfg.size, cfg.input_tdim))
+        enc_cfg = override_encoder(pretrain_encoder_config(cfg.token, cfg.size, cfg.input_tdim), cfg.encoder, "ssast")
+        self.encoder = ASTEncoder(enc_cfg)
         D, e = self.encoder.cfg.embed_dim, self.encoder.cfg
         n_f, n_t = e.grid
         if not 0 < cfg.mask_patch <= n_f * n_t:
@@ -142,29 +164,38 @@ class SSASTObjective(Objective):
         self.crop_secs = (cfg.input_tdim + 1.5) / 100  # enough samples for input_tdim frames
 
     def upstream_config(self) -> UpstreamConfig:
+        """s3prl's SSAST front end with this model's statistics, windows of its pretraining length."""
         e = self.encoder.cfg
-        return UpstreamConfig("ssast", e, FbankConfig.ssast_s3prl(e.input_tdim), window_frames=e.input_tdim)
+        frontend = replace(FbankConfig.ssast_s3prl(e.input_tdim), norm_mean=self.cfg.norm_mean,
+                           norm_std=self.cfg.norm_std)
+        return UpstreamConfig("ssast", e, frontend, window_frames=e.input_tdim)
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor, generator: torch.Generator | None = None):
-        """fbank (B, T, F) normalised and padded to ``input_tdim`` -> (loss, logs)."""
-        c = self.cfg
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None, generator: torch.Generator | None = None,
+                masks: list[torch.Tensor] | None = None):
+        """fbank (B, T, F) normalised and padded to ``input_tdim`` -> (loss, logs).
+
+        ``masks``: one (B, N) bool mask per encoder pass (True = masked, ``mask_patch`` per row, frequency-major
+        token ids), e.g. the official ``mask_index`` of a golden fixture; default: drawn from ``generator``.
+        """
+        c, e = self.cfg, self.encoder.cfg
         B = fbank.shape[0]
         # The masks come first: drawing one may wait for the device (cluster_mask checks its count), and
         # nothing of the model is queued yet. The official joint step draws a second, independent mask.
-        passes = int(c.objective in ("joint", "discriminative")) + int(c.objective == "generative" or
-                                                                      (c.objective == "joint" and c.two_pass))
-        masks = [self.draw_mask(B, generator, fbank.device) for _ in range(passes)]
-        target = patchify(fbank, self.encoder.cfg.fshape, self.encoder.cfg.tshape, "freq_major")  # (B, N, p)
+        if masks is None:
+            masks = [self.draw_mask(B, generator, fbank.device) for _ in range(c.num_passes)]
+        else:
+            self._check_masks(masks, B)
+        target = ssast_patches(fbank, e.fshape, e.tshape)  # (B, N, p)
         tokens = self.encoder.tokenize(fbank)  # (B, N, D)
         logs = {}
         loss = tokens.new_zeros(())
-        if c.objective in ("joint", "discriminative"):
+        if c.objective in ("joint", "discriminative"):  # mpc
             hidden, tgt = self._masked_pass(tokens, target, masks[0])
-            nce, acc = info_nce(self.cpredlayer(hidden), tgt)
+            nce, acc = info_nce(self.cpredlayer(hidden), tgt, over="predictions")
             loss = loss + nce
             logs.update(nce=nce.detach(), masked_acc=acc)
-        if c.objective in ("joint", "generative"):
-            if len(masks) == 2 or c.objective == "generative":
+        if c.objective in ("joint", "generative"):  # mpg, on its own pass unless two_pass is off
+            if c.objective == "generative" or len(masks) == 2:
                 hidden, tgt = self._masked_pass(tokens, target, masks[-1])
             mse = torch.mean((self.gpredlayer(hidden).float() - tgt.float()) ** 2)
             loss = loss + (c.gen_weight if c.objective == "joint" else 1.0) * mse
@@ -176,9 +207,20 @@ class SSASTObjective(Objective):
         return ssast_mask(batch, self.encoder.cfg.grid, self.cfg.mask_patch, cluster=self.cfg.cluster,
                           generator=generator, device=device)
 
+    def _check_masks(self, masks: list[torch.Tensor], batch: int) -> None:
+        n_f, n_t = self.encoder.cfg.grid
+        if len(masks) != self.cfg.num_passes:
+            raise ValueError(f"SSAST objective {self.cfg.objective!r} (two_pass={self.cfg.two_pass}) takes "
+                             f"{self.cfg.num_passes} mask(s), got {len(masks)}")
+        for m in masks:
+            if m.dtype != torch.bool or tuple(m.shape) != (batch, n_f * n_t):
+                raise ValueError(f"SSAST masks must be bool ({batch}, {n_f * n_t}), got {m.dtype} {tuple(m.shape)}")
+            if bool((m.sum(1) != self.cfg.mask_patch).any()):
+                raise ValueError(f"every SSAST mask row must mask exactly mask_patch={self.cfg.mask_patch} tokens")
+
     def _masked_pass(self, tokens: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
         """One encoder pass with ``mask`` (B, N) -> (hidden states (B, M, D), target patches (B, M, p)) at the
-        masked positions."""
+        masked positions, in increasing token order (the losses do not depend on the order)."""
         x = torch.where(mask[..., None], self.mask_embed.to(tokens.dtype), tokens)
         _, x = self.encoder.forward_blocks(self.encoder.add_position(x), indices=[])  # (B, P+N, D), normed
         ids = masked_indices(mask, self.cfg.mask_patch)  # (B, M) masked token ids, increasing
