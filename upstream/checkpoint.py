@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .cache_files import tmp_path
 from .encoder import EncoderConfig
 from .safe_load import CheckpointError, load_checkpoint_file, plain_config
 from .tokenizer import convert_patch_weight
@@ -361,6 +362,6 @@ def save_upstream(upstream, path: str | os.PathLike, extra: dict | None = None) 
     table = getattr(upstream.encoder, "sincos_table", None)  # MAE-AST: the official file's position table
     if table is not None:
         payload["sincos_table"] = table.detach().cpu()
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)  # unique per writer
     torch.save(payload, tmp)
     os.replace(tmp, path)
