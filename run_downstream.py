@@ -4,10 +4,14 @@
     python run_downstream.py -u ssast_frame_400 -d speech_commands_v2 -f -o optimizer.lr=2.5e-4
     python run_downstream.py -u my_pkg.my_mod:build -d esc50 --fold 3          # a user's upstream
     python run_downstream.py -m evaluate -e exp/downstream/ks1_ssast            # re-score dev-best.ckpt
+    python run_downstream.py -m evaluate -e exp/downstream/ks1_ssast/last.ckpt  # s3prl's -e: a checkpoint
+    python run_downstream.py -u s3prl:hubert -d esc50 --fold 1                  # an s3prl upstream (pip s3prl)
+    python run_downstream.py ... -o "config.optimizer.lr=1e-4,,config.runner.total_steps=10"  # s3prl's -o
     python run_downstream.py -m esc50-select -e exp/downstream/x_esc50_fold{1,2,3,4,5}_finetune
     torchrun --nproc_per_node 4 run_downstream.py -u ssast_patch_400 -d esc50 --fold 1 -f   # DDP
 
-Writes ``<expdir>/<expname>/{config.yaml, run.json, dev-best.ckpt, last.ckpt, evals.jsonl, events.*}`` and
+Writes ``<expdir>/<expname>/{config.yaml, run.json, dev-best.ckpt, last.ckpt, evals.jsonl, events.*}``, the
+per-clip ``predictions.<split>.jsonl`` of each reported evaluation (``downstream.predictions``), and
 appends one ``ResultRecord`` per evaluated split to ``--results`` (rank 0 only under ``torchrun``; a record
 already there for the same run, split and step is not written twice). Frozen runs cache the upstream's
 features under ``--cache-dir`` (``downstream.cache``).
@@ -35,20 +39,22 @@ import torch
 import yaml
 
 import upstream as upstreams
+from astbench.resources import config_path, shipped_path
 from benchmark import results
 from benchmark.config import (ConfigError, config_from_dict, config_to_dict, ensure_writable_dir, load_config,
                               run_dir_lock)
-from downstream import rundir, runner
+from downstream import protocols, rundir, runner
 from downstream.cache import CACHE_ENV, FeatureCache, default_cache_dir
 from downstream.distributed import setup_distributed
 from downstream.metrics import esc50_select_runs
+from downstream.predictions import data_base, prediction_rows, write_predictions
 from downstream.datasets import DatasetLayoutError
 from downstream.runner import DownstreamConfig, DownstreamModel, RunConfig
 from downstream.tasks import data_overrides, get_task
 from downstream.validate import errors, validate_upstream
 from upstream.registry import resolve_builder
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "downstream"
+CONFIG_DIR = config_path("downstream")  # shipped with the package: found from any folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,9 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-l", "--layer", type=int, default=None, help="use hidden_states[LAYER] instead of wsum")
     p.add_argument("-n", "--expname", default="")
     p.add_argument("-c", "--config", default=None, help="YAML (default configs/downstream/<task>[_finetune].yaml)")
-    p.add_argument("-o", "--override", action="append", default=[], help="key=value, e.g. optimizer.lr=1e-5")
+    p.add_argument("-o", "--override", action="append", default=[],
+                   help="key=value, e.g. optimizer.lr=1e-5; also s3prl's form config.a.b=v,,config.c=w")
     p.add_argument("-e", "--from", dest="from_dir", nargs="+", default=None,
-                   help="-m evaluate: the run's folder; -m esc50-select: the 5 fold runs' folders")
+                   help="-m evaluate: the run's folder, or one of its checkpoints (EXPDIR/last.ckpt); "
+                        "-m esc50-select: the 5 fold runs' folders")
     p.add_argument("--ckpt", default=None, help="upstream checkpoint")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle checkpoints in full even where they name Python objects outside the official "
@@ -84,15 +92,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "split: fractions of the draw (default 0.8,0.1,0.1; data.split_ratios)")
     p.add_argument("--strict-audio", action="store_true", help="refuse a dataset with unusable audio files, naming "
                    "the first, instead of skipping and counting them (data.on_bad_audio=error)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML (task "
+                   "config, family protocol, -c/-o; the upstream's front end; each protocol value's source) and "
+                   "exit; reads no data and needs no checkpoint")
     return p.parse_args(argv)
 
 
 def resolve_config(args) -> tuple[DownstreamConfig, Path]:
     if args.mode == "evaluate":
         if not args.from_dir or len(args.from_dir) != 1:
-            raise ValueError("-m evaluate takes one run folder: -e EXPDIR")
-        expdir = Path(args.from_dir[0])
-        for need in ("config.yaml", "dev-best.ckpt"):
+            raise ValueError("-m evaluate takes one run folder or one of its checkpoints: -e EXPDIR or "
+                             "-e EXPDIR/dev-best.ckpt")
+        expdir, ckpt = _evaluated(Path(args.from_dir[0]))
+        for need in ("config.yaml", ckpt.name):
             if not (expdir / need).is_file():
                 raise ValueError(f"-m evaluate: {expdir} has no {need}: not the folder of a trained run")
         if data_overrides(args.split_seed, args.split_ratios, args.strict_audio):
@@ -105,15 +117,41 @@ def resolve_config(args) -> tuple[DownstreamConfig, Path]:
         raise ValueError("-u UPSTREAM and -d TASK are required in train mode")
     spec = get_task(args.task)
     spec.check_fold(args.fold)
-    path = args.config or CONFIG_DIR / f"{args.task}{'_finetune' if args.finetune else ''}.yaml"
-    cfg = load_config(DownstreamConfig, path,
-                      [*args.override, *data_overrides(args.split_seed, args.split_ratios, args.strict_audio)])
+    default = CONFIG_DIR / f"{args.task}{'_finetune' if args.finetune else ''}.yaml"
+    path = shipped_path(args.config) if args.config else default  # configs/... also outside the checkout
+    # defaults <- task config <- the family's protocol <- -c <- -o (downstream.protocols)
+    cfg = protocols.resolve(args.upstream, args.task, args.finetune, path if args.config else None,
+                            [*s3prl_overrides(args.override),
+                             *data_overrides(args.split_seed, args.split_ratios, args.strict_audio)])
     run = RunConfig(upstream=args.upstream, ckpt=args.ckpt, task=args.task, fold=args.fold,
                     finetune=args.finetune, layer=args.layer, seed=args.seed, data_root=args.data_root,
                     expname=args.expname, label=args.label)
     cfg = replace(cfg, run=run)
     name = args.expname or rundir.default_expname(cfg)
     return replace(cfg, run=replace(run, expname=name)), Path(args.expdir) / name
+
+
+def s3prl_overrides(items: list[str]) -> list[str]:
+    """``-o`` values as ``key=value`` items: s3prl's ``"config.a.b=v,,config.c=w"`` (one ``-o`` holding several
+    overrides joined by ``,,``, each key under ``config.``) becomes ``["a.b=v", "c=w"]``; plain items pass."""
+    out = []
+    for item in items:
+        for part in (p.strip() for p in item.split(",,")):
+            if part:
+                out.append(part.removeprefix("config."))
+    return out
+
+
+def _evaluated(given: Path) -> tuple[Path, Path]:
+    """``-m evaluate -e``: (run folder, checkpoint file). A folder means its reported model (``wa.ckpt`` when
+    the run averaged weights, else ``dev-best.ckpt``, chosen once the config is read); a file is s3prl's habit of
+    naming the checkpoint itself (``-e EXPDIR/dev-best.ckpt``, ``EXPDIR/last.ckpt``), its folder is the run."""
+    if not given.is_dir() and (given.is_file() or given.suffix in (".ckpt", ".pt", ".pth")):
+        if given.suffix not in (".ckpt", ".pt", ".pth"):
+            raise ValueError(f"-m evaluate -e {given}: give a run folder or one of its checkpoints (.ckpt), "
+                             f"not a {given.suffix or 'suffix-less'} file")
+        return given.parent, given
+    return given, given / "dev-best.ckpt"
 
 
 def _check_up_front(args, cfg: DownstreamConfig, expdir: Path) -> None:
@@ -139,6 +177,21 @@ def _fail(err: BaseException) -> int:
     return 2
 
 
+def print_config(args) -> int:
+    """``--print-config``: the run's resolved configuration on stdout (``downstream.protocols.render``)."""
+    try:
+        if args.mode == "train" and args.task and args.fold is None and get_task(args.task).folds:
+            args.fold = get_task(args.task).folds[0]  # every fold resolves the same; run.fold says which
+        # the default folder name hashes the checkpoint and data root, which printing does not need
+        args.expname = args.expname or "(default: named at run time from these settings, checkpoint, data root)"
+        cfg, _ = resolve_config(args)
+        text = protocols.render(cfg, args.config, args.override)
+    except (ValueError, ConfigError, FileNotFoundError) as err:
+        return _fail(err)
+    print(text, end="")
+    return 0
+
+
 def esc50_select(args) -> int:
     """``-m esc50-select -e FOLD1 .. FOLD5``: SSAST's one epoch for all folds, printed as JSON."""
     try:
@@ -154,6 +207,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.mode == "esc50-select":
         return esc50_select(args)
+    if args.print_config:
+        return print_config(args)
     try:
         cfg, expdir = resolve_config(args)
         r = cfg.run
@@ -173,7 +228,7 @@ def main(argv=None) -> int:
     except (ValueError, ConfigError, DatasetLayoutError, FileNotFoundError) as err:
         return _fail(err)
     if ":" in r.upstream:
-        problems = validate_upstream(up)
+        problems = validate_upstream(up, finetune=r.finetune)
         for prob in problems:
             print(f"upstream {r.upstream}: {prob}", file=sys.stderr)
         if errors(problems):
@@ -241,18 +296,28 @@ def _run(args, cfg, expdir, data, spec, up, device, dist_ctx) -> int:
 def _evaluate_and_record(args, cfg, expdir, data, spec, up, model, device, cache, config_dict) -> None:
     """Score the selected checkpoint on test (and the selection split) and append one record per split."""
     r = cfg.run
-    wa = cfg.schedule.wa and (expdir / "wa.ckpt").exists()  # recipes.md §6: AS-20K reports the WA model
-    state = runner.load_for_eval(model, expdir / ("wa.ckpt" if wa else "dev-best.ckpt"), device,
-                                 trust_checkpoint=args.trust_checkpoint)
+    given = _evaluated(Path(args.from_dir[0]))[1] if args.mode == "evaluate" and args.from_dir else None
+    if given is not None and given.name != "dev-best.ckpt":  # s3prl's -e FILE: that checkpoint, as named
+        ckpt, wa = given, given.name == "wa.ckpt"
+    else:
+        wa = cfg.schedule.wa and (expdir / "wa.ckpt").exists()  # recipes.md §6: AS-20K reports the WA model
+        ckpt = expdir / ("wa.ckpt" if wa else "dev-best.ckpt")
+    state = runner.load_for_eval(model, ckpt, device, trust_checkpoint=args.trust_checkpoint)
     splits = ["test"] + ([data.selection_split] if data.selection_split != "test" else [])
     # the record keeps the run's identity but no machine paths (data root, checkpoint path: its sha256 is kept)
     config_dict["run"] = {k: v for k, v in config_dict["run"].items() if k not in ("data_root", "ckpt")}
+    base = data_base(r.data_root)
     for split in splits:
         loader = runner.build_loader(data, spec, split, up.sample_rate, cfg.runner, r.seed, cache)
-        value = runner.evaluate(model, loader, spec, device)[spec.metric]
-        how = ", weight-averaged" if wa else ""
+        logits, targets, uids = runner.predict(model, loader, device, desc=f"{split} ({ckpt.name})")
+        value = runner.score(logits, targets, spec)[spec.metric]
+        # per-clip predictions beside the run (error analysis), rewritten by each evaluation of this split
+        write_predictions(expdir / f"predictions.{split}.jsonl",
+                          prediction_rows(logits, targets, uids, data, split, spec.loss_for(r.finetune), base))
+        how = ", weight-averaged" if wa else "" if ckpt.name == "dev-best.ckpt" else f", {ckpt.name}"
         written = results.append(results.ResultRecord(
-            upstream=r.upstream, ckpt_sha256=getattr(up, "checkpoint_sha256", None), task=r.task, split=split,
+            upstream=r.upstream, task=r.task, split=split,
+            ckpt_sha256=getattr(up, "checkpoint_sha256", None) or rundir.checkpoint_sha256(r.ckpt),  # plug-ins too
             metric=spec.metric, value=float(value), fold=r.fold, mode="finetune" if r.finetune else "frozen",
             layer=r.layer, seed=r.seed, config=config_dict, expname=r.expname, step=state["step"],
             label=r.label, dataset=data.identity(up.sample_rate)), args.results, unique=True)

@@ -25,10 +25,11 @@ import signal
 import sys
 from pathlib import Path
 
+from astbench.resources import config_path, shipped_path
 from benchmark.config import ConfigError, load_config
 from upstream.pretrain import DataError, NonFiniteLossError, PretrainConfig, pretrain
 
-RECIPES = Path(__file__).resolve().parent / "configs" / "pretrain"
+RECIPES = config_path("pretrain")  # shipped with the package: found from any folder
 SHORTCUTS = {  # -u name: (objective defaults, default recipe)
     "ssast_patch": ({"family": "ssast", "token": "patch"}, "ssast_patch_400.yaml"),
     "ssast_frame": ({"family": "ssast", "token": "frame"}, "ssast_frame_400.yaml"),
@@ -45,7 +46,7 @@ def resolve_config(args: argparse.Namespace) -> PretrainConfig:
     shortcut = ({}, None)
     if args.upstream:
         shortcut = SHORTCUTS.get(args.upstream, ({"family": args.upstream}, None))
-    yaml_path = args.config
+    yaml_path = shipped_path(args.config) if args.config else None  # configs/... also outside the checkout
     if yaml_path is None and args.resume and (out_dir / "config.yaml").is_file():
         yaml_path = out_dir / "config.yaml"  # the resumed run's own resolved config
     elif yaml_path is None and shortcut[1]:

@@ -24,11 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from astbench.resources import config_path
+
+from .config import temp_path
 from .demo_data import DemoSize
 from .published import Column, PaperTable, Row, RunSpec
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIGS = REPO / "configs" / "demo"
+DEMO_CONFIGS = config_path("demo")
 SOURCE = "python -m benchmark demo"
 
 
@@ -132,6 +134,7 @@ def run_demo(out: Path, setting: Setting, seed: int = 0, device: str | None = No
     """Generate, pretrain, evaluate, tabulate and plot into ``out``; 0 when every job succeeded."""
     from . import demo_data, results
     from .suites import SuiteOptions, run_suite
+    from .provenance import Provenance
     from .tables import to_csv, to_markdown
 
     timings: dict[str, float] = {}
@@ -153,10 +156,11 @@ def run_demo(out: Path, setting: Setting, seed: int = 0, device: str | None = No
         return 0 if report.ok else 1  # rank 0 writes and prints the table
 
     records = results.load(opts.results)
-    markdown = to_markdown(table, records)
+    prov = Provenance(opts)  # the demo's own sweep settings: its rows' runs count as ours
+    markdown = to_markdown(table, records, provenance=prov)
     _write(out / "demo_table.md", markdown)
-    _write(out / "demo_table.csv", to_csv(table, records))
-    plot = _plot(table, opts.results, out)
+    _write(out / "demo_table.csv", to_csv(table, records, provenance=prov))
+    plot = _plot(table, opts.results, out, prov)
     timings["total"] = time.perf_counter() - t0
     print()
     print(markdown)
@@ -177,16 +181,16 @@ def _wait_for(ready, what: Path, timeout_s: float = 3600.0) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _plot(table: PaperTable, records_path: str, out: Path) -> Path | None:
+def _plot(table: PaperTable, records_path: str, out: Path, provenance=None) -> Path | None:
     from .plots import PlotsUnavailable, write_plots
 
     try:
-        return write_plots(records_path, out, tables=[table])[0]
+        return write_plots(records_path, out, tables=[table], provenance=provenance)[0]
     except PlotsUnavailable as err:  # matplotlib is an optional extra
         print(f"no plot: {err}")
         return None

@@ -1,4 +1,6 @@
-"""Published paper numbers as data: every results table of SSAST, MAE-AST and ASiT, one YAML file per paper.
+"""Published paper numbers as data, one YAML file per paper: the tables of the texts at hand (SSAST's AAAI 2022
+poster; ASiT's arXiv v1; the MAE-AST text at hand prints no numbers, so its file holds the row ASiT cites and its
+variants with empty cells).
 
 ``benchmark/published/<paper>.yaml`` holds the tables; this module loads them into frozen dataclasses and
 validates them strictly, so a typo fails loudly instead of producing a wrong comparison::
@@ -34,12 +36,13 @@ from typing import Any
 
 import yaml
 
+from astbench.resources import config_path, published_dir, shipped_path
+
 __all__ = ["Column", "PaperTable", "PublishedError", "Row", "RunSpec", "PUBLISHED_DIR", "get_table",
            "load_tables"]
 
-PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
-REPO_ROOT = Path(__file__).resolve().parents[1]  # pretrain recipes are named relative to it
-PRETRAIN_DIR = REPO_ROOT / "configs" / "pretrain"
+PUBLISHED_DIR = published_dir()
+PRETRAIN_DIR = config_path("pretrain")  # rows name recipes as configs/pretrain/<file>.yaml
 MODES = ("finetune", "frozen")
 METRICS = ("mAP", "accuracy")
 
@@ -313,7 +316,7 @@ def _check_pretrain(spec: RunSpec, where: str) -> None:
     from upstream.pretrain import PretrainConfig
     from upstream.ssast import SSASTPretrainConfig
 
-    recipe = (REPO_ROOT / spec.pretrain).resolve()
+    recipe = shipped_path(spec.pretrain, prefer_shipped=True).resolve()
     if recipe.parent != PRETRAIN_DIR or recipe.suffix != ".yaml" or not recipe.is_file():
         raise PublishedError(f"{where}: run.pretrain {spec.pretrain!r} is not a recipe file under configs/pretrain/")
     if spec.pretrain_upstream not in SHORTCUTS:

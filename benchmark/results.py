@@ -3,7 +3,9 @@
 
 Appends are atomic across processes: the line is written with a single ``os.write`` on an ``O_APPEND``
 descriptor while holding an exclusive ``fcntl`` lock (where available), then fsynced, so two runs finishing
-together never interleave or tear lines.
+together never interleave or tear lines. ``run_downstream.py`` keeps one record per run, split and step: a
+re-evaluation with another value replaces the earlier record (the file is rewritten under the same lock and
+renamed into place), one with the same value is not written again.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -116,29 +119,50 @@ def check_writable(path: str | os.PathLike = DEFAULT_PATH) -> None:
 
 # fields that differ between two records of one evaluation made at different times
 _NOT_IDENTITY = ("value", "timestamp", "code_version")
+# what names one evaluation of one run: a later record with these equal replaces the earlier one (``unique``)
+_RUN_SPLIT_STEP = ("expname", "upstream", "label", "task", "split", "metric", "fold", "mode", "layer", "seed",
+                   "step", "ckpt_sha256")
 
 
 def _same_evaluation(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in _NOT_IDENTITY)
 
 
+def _same_run_split_step(a: dict, b: dict) -> bool:
+    return bool(a.get("expname")) and all(a.get(k) == b.get(k) for k in _RUN_SPLIT_STEP)
+
+
 def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH, unique: bool = False) -> bool:
     """Append ``record`` as one JSON line, atomically with respect to other writers.
 
-    With ``unique``, a record of the same evaluation (every field equal but the time stamp and code version)
-    with the same value is not written again, e.g. when ``-m evaluate`` re-scores a run already recorded;
-    one with another value (the data changed) is written. Returns whether a line was written.
+    With ``unique`` (``run_downstream.py`` sets it), the file keeps one record per run, split and step:
+
+    * a record of the same evaluation (every field equal but the time stamp and code version) with the same
+      value is not written again, e.g. when ``-m evaluate`` re-scores a run already recorded;
+    * a record of the same run folder (``expname``), split and step (and upstream, label, task, metric, fold,
+      mode, layer, seed, checkpoint) with another value or data, e.g. a re-evaluation after the code or the
+      data changed, replaces it: the file is rewritten without the old line (atomically, under the lock).
+
+    Returns whether a line was written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(record)
     line = (json.dumps(data, default=str, allow_nan=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_locked(path)
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        if unique and _recorded(fd, json.loads(line)):  # read under the lock: no writer slips in between
-            return False
+        if unique:  # read under the lock: no writer slips in between
+            new = json.loads(line)
+            lines = _read_lines(fd)
+            parsed = [_parse(raw) for raw in lines]
+            if any(old is not None and _same_evaluation(old, new) and old.get("value") == new["value"]
+                   for old in parsed):
+                return False
+            stale = [i for i, old in enumerate(parsed) if old is not None and _same_run_split_step(old, new)]
+            if stale:
+                keep = [raw for i, raw in enumerate(lines) if i not in set(stale)]
+                _rewrite(path, b"".join(keep) + line)
+                return True
         view = memoryview(line)
         while view:  # one write in practice; loop only guards against a short write
             view = view[os.write(fd, view):]
@@ -150,18 +174,55 @@ def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH, unique:
         os.close(fd)
 
 
-def _recorded(fd: int, new: dict) -> bool:
-    """Whether the file open as ``fd`` already holds ``new`` (same evaluation, same value)."""
+def _open_locked(path: Path) -> int:
+    """An ``O_APPEND`` descriptor of ``path`` holding its exclusive lock. A writer that replaced the file while
+    this one waited (:func:`_rewrite`) leaves the lock on the old inode: then open the new file and lock again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(fd)
+        if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            return fd
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read_lines(fd: int) -> list[bytes]:
     with os.fdopen(os.dup(fd), "rb") as f:
         f.seek(0)
-        for raw in f:
-            try:
-                old = json.loads(raw)
-            except ValueError:
-                continue  # a corrupt line is load()'s to report
-            if isinstance(old, dict) and _same_evaluation(old, new) and old.get("value") == new["value"]:
-                return True
-    return False
+        lines = f.readlines()
+    if lines and not lines[-1].endswith(b"\n"):  # a torn last line stays a line of its own
+        lines[-1] += b"\n"
+    return lines
+
+
+def _parse(raw: bytes) -> dict | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None  # a corrupt line is load()'s to report; it is kept as it is
+    return value if isinstance(value, dict) else None
+
+
+def _rewrite(path: Path, content: bytes) -> None:
+    """Replace ``path`` by ``content``: a temporary file next to it, fsynced, renamed over it."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{path.suffix}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: str | os.PathLike = DEFAULT_PATH, skip_corrupt: bool = False) -> list[ResultRecord]:

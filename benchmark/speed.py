@@ -20,11 +20,11 @@ import math
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import upstream
+from astbench.resources import config_path
 from upstream.frontend import kaldi_fbank, kaldi_fbank_batch
 
 BASE_UPSTREAMS = ["ssast_patch_400", "ssast_frame_400", "mae_ast_patch", "mae_ast_frame", "asit_base"]
@@ -100,7 +100,7 @@ def bench_features(names: list[str], device: str, batch: int, secs: float, peak:
 
 
 # ============================================================================================ pretraining
-RECIPES = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+RECIPES = config_path("pretrain")
 PRETRAIN_RECIPES = {  # method: (base recipe, mini recipe); the base ones are each paper's default
     "ssast": ("ssast_patch_400", "ssast_patch_mini"),  # patch, joint, 400 masked, two passes
     "mae_ast": ("mae_ast_patch", "mae_ast_patch_mini"),  # patch, chunk masking 75 %

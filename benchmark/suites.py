@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from astbench.resources import shipped_path
+
 from . import results
+from .config import temp_path
 from .published import PaperTable, RunSpec, get_table, load_tables
 
-REPO = Path(__file__).resolve().parents[1]
 FOLDS = {"esc50": (1, 2, 3, 4, 5), "iemocap": (1, 2, 3, 4, 5)}
 
 
@@ -170,7 +172,7 @@ def pretrain_data(run: RunSpec, opts: SuiteOptions, out: Path) -> str:
         lines = [json.dumps({"path": str(Path(f).resolve())}) for name in run.pretrain_data
                  for f in list_audio_files(opts.pretrain_corpora[name])]
         manifest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = manifest.with_name(manifest.name + ".tmp")
+        tmp = temp_path(manifest)
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, manifest)
     return str(manifest)
@@ -188,8 +190,8 @@ def _pretrain_finished(out: Path) -> bool:
 
 
 def _repo_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO / p
+    """A recipe as the published tables name it (``configs/pretrain/x.yaml``: the shipped file)."""
+    return shipped_path(path, prefer_shipped=True)
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -204,8 +206,10 @@ def job_checkpoint(job: Job, opts: SuiteOptions, log: Callable[[str], None] = pr
         path = Path(job.run.ckpt).expanduser()
         path = path if path.is_absolute() or path.exists() else checkpoint_dir() / job.run.ckpt
         if not path.is_file():
+            from upstream.download import download_hint
+
             raise SuiteError(f"checkpoint {job.run.ckpt!r} not found (looked in {checkpoint_dir()}; "
-                             f"set ASTBENCH_CHECKPOINTS)")
+                             f"set ASTBENCH_CHECKPOINTS){download_hint(Path(job.run.ckpt).name)}")
         return path
     return None
 

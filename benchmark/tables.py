@@ -3,9 +3,14 @@
 Nobody edits a table by hand: ``results/results.jsonl`` (:mod:`benchmark.results`) is the source of truth and
 :mod:`benchmark.published` holds the papers' numbers. Each cell reads ``ours (paper)``, e.g. ``71.3 ± 0.4 (72.6)``.
 
-Which records fill a cell (row ``r``, column ``c``): ``label == r.label``, ``task == c.task``,
-``mode == c.mode``, ``metric == c.metric`` and ``split == "test"``. Records of the same (seed, fold) are
-duplicates: the newest ``timestamp`` wins (the later line on a tie).
+Which records fill a cell (row ``r``, column ``c``): ``task == c.task``, ``mode == c.mode``,
+``metric == c.metric``, ``split == "test"``, and the record is ``r``'s own run (:mod:`benchmark.provenance`):
+labelled for ``r``, from the checkpoint ``r`` specifies (sha256) and with the downstream configuration ``r``'s
+job resolves to. Every other record of a row's label or upstream is listed under *Other runs* with what differs
+(or left out with ``--strict``), so a toy run never passes for a paper row. Records of the same (seed, fold)
+are duplicates: the newest ``timestamp`` wins (the later line on a tie).
+
+User rows (``--rows FILE``, ``--row LABEL``) sit beside the papers' rows with the same statistics and flags.
 
 Aggregation (std is the sample std, ``ddof=1``):
 
@@ -35,10 +40,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import results
+from .provenance import Provenance, load_user_rows, user_rows_from_labels
 from .published import Column, PaperTable, PublishedError, Row, load_tables
 
-__all__ = ["CellStats", "add_arguments", "cell_stats", "main_tables", "run", "to_csv", "to_latex",
-           "to_markdown", "write_tables"]
+__all__ = ["CellStats", "OtherRun", "add_arguments", "cell_stats", "main_tables", "other_runs", "run", "to_csv",
+           "to_latex", "to_markdown", "write_tables"]
 
 DEFAULT_OUT = Path("results") / "tables"
 FORMATS = {"md": "to_markdown", "csv": "to_csv", "tex": "to_latex"}
@@ -93,10 +99,22 @@ def _column_records(records: Iterable[results.ResultRecord], column: Column) -> 
             and r.metric == column.metric]
 
 
-def cell_stats(records: Sequence[results.ResultRecord], table: PaperTable, row: Row, column: Column) -> CellStats:
-    """Aggregate the records of one cell (see the module docstring for the rules)."""
+def cell_stats(records: Sequence[results.ResultRecord], table: PaperTable, row: Row, column: Column,
+               provenance: Provenance | None = None) -> CellStats:
+    """Aggregate the records of one cell that are ``row``'s own (see the module docstring for the rules).
+
+    ``provenance``: the specification the records are checked against (default: ``benchmark run``'s defaults).
+    """
+    prov = provenance if provenance is not None else Provenance()
     col_records = _column_records(records, column)
-    mine = [r for r in col_records if r.label == row.label]
+    mine = [r for r in col_records if prov.ours(r, row)]
+    return _aggregate(mine, column, col_records)
+
+
+def _aggregate(mine: Sequence[results.ResultRecord], column: Column,
+               col_records: Sequence[results.ResultRecord]) -> CellStats:
+    """The statistics of the records ``mine`` of one cell; ``col_records`` (the whole column) give the folds of a
+    task that is not registered."""
     selected = any(r.split == results.ESC50_SELECTED_SPLIT for r in mine)
     split = results.ESC50_SELECTED_SPLIT if selected else "test"
     fold_best = column.task == "esc50" and bool(mine) and not selected
@@ -150,9 +168,62 @@ class _Cell:
         return text
 
 
-def _cells(table: PaperTable, records: Sequence[results.ResultRecord]) -> list[list[_Cell]]:
-    return [[_Cell(cell_stats(records, table, row, col), row.values.get(col.key), col.scale) for col in table.columns]
-            for row in table.rows]
+def _cells(table: PaperTable, records: Sequence[results.ResultRecord], prov: Provenance) -> list[list[_Cell]]:
+    return [[_Cell(cell_stats(records, table, row, col, prov), row.values.get(col.key), col.scale)
+             for col in table.columns] for row in table.rows]
+
+
+# ------------------------------------------------------------------------------------------ other runs
+@dataclass(frozen=True)
+class OtherRun:
+    """Records of a row's label or upstream that are not the row's run, grouped by what differs."""
+
+    title: str  # the records' label (their upstream when they carry no label of their own)
+    row: Row  # the row they were compared with
+    differs: tuple[str, ...]  # what differs from that row's specification
+    records: tuple[results.ResultRecord, ...]
+
+    def cells(self, table: PaperTable, all_records: Sequence[results.ResultRecord]) -> list[_Cell]:
+        out = []
+        for col in table.columns:
+            col_records = _column_records(all_records, col)
+            ids = {id(r) for r in self.records}
+            out.append(_Cell(_aggregate([r for r in col_records if id(r) in ids], col, col_records), None,
+                             col.scale))
+        return out
+
+
+def other_runs(table: PaperTable, records: Sequence[results.ResultRecord], provenance: Provenance | None = None
+               ) -> list[OtherRun]:
+    """The records of ``table``'s columns labelled for one of its rows (or of a row's upstream without a label of
+    their own) that are no row's run, grouped by label, checkpoint and what differs; none with ``strict``."""
+    prov = provenance if provenance is not None else Provenance()
+    if prov.strict or not prov.check_enabled:
+        return []
+    seen: set[int] = set()
+    groups: dict[tuple, list] = {}
+    for col in table.columns:
+        for r in _column_records(records, col):
+            if id(r) in seen:
+                continue
+            seen.add(id(r))
+            rows = [row for row in table.rows if prov.candidate(r, row)]
+            verdicts = [(row, prov.verdict(r, row)) for row in rows]
+            if not verdicts or any(v.ours for _, v in verdicts):
+                continue
+            row, verdict = next(((row, v) for row, v in verdicts if row.label == r.label), verdicts[0])
+            # the row's side of a difference may depend on the task (e.g. total_steps): group without it
+            what = tuple(d.split(" (row: ")[0] for d in verdict.differs)
+            key = (r.label, r.upstream, r.ckpt_sha256, row.label, what)
+            groups.setdefault(key, [row, {}, []])
+            groups[key][2].append(r)
+            for short, full in zip(what, verdict.differs):
+                groups[key][1].setdefault(short, set()).add(full)
+    out = []
+    for (label, upstream, _, _, what), (row, fulls, recs) in groups.items():
+        differs = tuple(next(iter(fulls[w])) if len(fulls[w]) == 1 else f"{w} (row: differs by task)" for w in what)
+        out.append(OtherRun(label, row, differs, tuple(recs)))
+    return out
 
 
 def _fmt(x: float | None, decimals: int) -> str | None:
@@ -160,6 +231,7 @@ def _fmt(x: float | None, decimals: int) -> str | None:
 
 
 def _footnotes(table: PaperTable, cells: list[list[_Cell]]) -> list[str]:
+    """The flag notes (each starts with its mark) of the cells shown, ours and other runs'."""
     notes = []
     stats = [c.stats for line in cells for c in line]
     if any(s.n_runs and not s.complete for s in stats):
@@ -196,9 +268,15 @@ def _cell_text(c: _Cell, decimals: int, missing: str, pm: str, star: str, dagger
 
 
 # ------------------------------------------------------------------------------------------ renderers
-def to_markdown(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1) -> str:
-    """The table as GitHub markdown: title, source, one ``ours (paper)`` cell per row and column, footnotes."""
-    cells = _cells(table, records)
+def to_markdown(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1,
+                provenance: Provenance | None = None) -> str:
+    """The table as GitHub markdown: title, source, one ``ours (paper)`` cell per row and column, the other runs
+    with what differs, footnotes (the provenance rule among them)."""
+    prov = provenance if provenance is not None else Provenance()
+    table = prov.with_user_rows(table)
+    cells = _cells(table, records, prov)
+    others = other_runs(table, records, prov)
+    other_cells = [o.cells(table, records) for o in others]
     paper = has_paper_numbers(table)
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = [f"## {esc(table.title)}", "", f"Source: {esc(table.source)}. Cells: {'ours (paper); ' if paper else ''}"
@@ -208,7 +286,18 @@ def to_markdown(table: PaperTable, records: Sequence[results.ResultRecord], deci
     for row, line in zip(table.rows, cells):
         texts = [_cell_text(c, decimals, MISSING, " ± ", "*", "†", " [{k}/{n} folds]", paper) for c in line]
         lines.append(f"| {esc(row.paper_label)} | " + " | ".join(texts) + " |")
-    foot = _footnotes(table, cells)
+    if others:
+        lines += ["", "### Other runs (not counted as ours)", "",
+                  "Records of these rows' labels or upstreams that are not the row's run; `--strict` leaves them out.",
+                  "", "| Run | " + " | ".join(esc(c.title or c.key) for c in table.columns)
+                  + " | differs from the row's specification |", "|---|" + "---|" * (len(table.columns) + 1)]
+        for o, line in zip(others, other_cells):
+            texts = [_cell_text(c, decimals, MISSING, " ± ", "*", "†", " [{k}/{n} folds]", False) for c in line]
+            lines.append(f"| {esc(o.title)} (row {esc(o.row.paper_label)}) | " + " | ".join(texts)
+                         + f" | {esc('; '.join(o.differs))} |")
+    foot = _footnotes(table, cells + other_cells)
+    if prov.rule():
+        foot.append(prov.rule())
     if foot:
         lines += [""] + [f"{n}  " for n in foot]
     extra = [r for r in table.rows if not r.source.startswith(table.source)]
@@ -222,24 +311,33 @@ def to_markdown(table: PaperTable, records: Sequence[results.ResultRecord], deci
 
 
 CSV_FIELDS = ["table", "row", "paper_label", "column", "task", "mode", "metric", "ours_mean", "ours_std", "n",
-              "n_seeds", "n_folds", "expected_folds", "complete", "mixed_ckpts", "fold_best", "paper"]
+              "n_seeds", "n_folds", "expected_folds", "complete", "mixed_ckpts", "fold_best", "paper", "provenance",
+              "differs"]
 
 
-def to_csv(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1) -> str:
-    """One line per (row, column); numbers on the paper's scale, empty where there is none."""
+def to_csv(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1,
+           provenance: Provenance | None = None) -> str:
+    """One line per (row, column), then per (other run, column); numbers on the paper's scale, empty where there
+    is none; ``provenance`` is ``ours`` or ``other`` (with ``differs``)."""
+    prov = provenance if provenance is not None else Provenance()
+    table = prov.with_user_rows(table)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     digits = decimals + 3  # keep more than the display precision: CSV is for further processing
-    for row, line in zip(table.rows, _cells(table, records)):
+    lines = [(row.label, row.paper_label, line, "ours", "") for row, line in zip(table.rows, _cells(table, records,
+                                                                                                     prov))]
+    lines += [(o.title, f"{o.title} (row {o.row.paper_label})", o.cells(table, records), "other", "; ".join(o.differs))
+              for o in other_runs(table, records, prov)]
+    for label, paper_label, line, kind, differs in lines:
         for col, c in zip(table.columns, line):
             s = c.stats
             mean = "" if s.mean is None else round(s.mean * col.scale, digits)
             std = "" if s.std is None else round(s.std * col.scale, digits)
-            writer.writerow([table.id, row.label, row.paper_label, col.key, col.task, col.mode, col.metric, mean,
+            writer.writerow([table.id, label, paper_label, col.key, col.task, col.mode, col.metric, mean,
                              std, s.n_runs, s.n_seeds, s.n_folds, s.expected_folds,
                              str(s.complete).lower() if s.n_runs else "", str(s.mixed_ckpts).lower(),
-                             str(s.fold_best).lower(), "" if c.paper is None else c.paper])
+                             str(s.fold_best).lower(), "" if c.paper is None else c.paper, kind, differs])
     return out.getvalue()
 
 
@@ -251,9 +349,14 @@ def latex_escape(text: str) -> str:
     return "".join(repl.get(ch, ch) for ch in text)
 
 
-def to_latex(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1) -> str:
+def to_latex(table: PaperTable, records: Sequence[results.ResultRecord], decimals: int = 1,
+             provenance: Provenance | None = None) -> str:
     """A booktabs ``table`` environment with the same cells as :func:`to_markdown`."""
-    cells = _cells(table, records)
+    prov = provenance if provenance is not None else Provenance()
+    table = prov.with_user_rows(table)
+    cells = _cells(table, records, prov)
+    others = other_runs(table, records, prov)
+    other_cells = [o.cells(table, records) for o in others]
     head = " & ".join(["Row"] + [latex_escape(c.title or c.key) for c in table.columns])
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{latex_escape(table.title)} (ours (paper); source: {latex_escape(table.source)})}}",
@@ -263,11 +366,22 @@ def to_latex(table: PaperTable, records: Sequence[results.ResultRecord], decimal
         texts = [_cell_text(c, decimals, "--", r" $\pm$ ", r"$^{*}$", r"$^{\dag}$", " [{k}/{n} folds]",
                             ddagger=r"$^{\ddag}$") for c in line]
         lines.append(" & ".join([latex_escape(row.paper_label)] + texts) + r" \\")
+    if others:
+        lines += [r"\midrule", rf"\multicolumn{{{len(table.columns) + 1}}}{{l}}{{\emph{{Other runs (not ours)}}}} \\"]
+    for i, (o, line) in enumerate(zip(others, other_cells)):
+        texts = [_cell_text(c, decimals, "--", r" $\pm$ ", r"$^{*}$", r"$^{\dag}$", " [{k}/{n} folds]", False,
+                            ddagger=r"$^{\ddag}$") for c in line]
+        lines.append(" & ".join([latex_escape(o.title) + f" ({chr(97 + i % 26)})"] + texts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     marks = {"*": r"$^{*}$", "†": r"$^{\dag}$", "‡": r"$^{\ddag}$"}
-    for note in _footnotes(table, cells):
+    for note in _footnotes(table, cells + other_cells):
         mark, note = marks[note[0]], latex_escape(note[2:])
         lines.append(rf"\par\footnotesize{{{mark} {note}}}")
+    for i, o in enumerate(others):
+        lines.append(rf"\par\footnotesize{{({chr(97 + i % 26)}) row {latex_escape(o.row.paper_label)}: differs in "
+                     rf"{latex_escape('; '.join(o.differs))}}}")
+    if prov.rule():
+        lines.append(rf"\par\footnotesize{{{latex_escape(prov.rule())}}}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -300,7 +414,7 @@ def select_tables(table_ids: Sequence[str] | None = None) -> list[PaperTable]:
 
 def write_tables(records_path: str | os.PathLike, out_dir: str | os.PathLike, table_ids: Sequence[str] | None = None,
                  formats: Sequence[str] = ("md", "csv", "tex"), tables: Sequence[PaperTable] | None = None,
-                 decimals: int = 1) -> list[Path]:
+                 decimals: int = 1, provenance: Provenance | None = None) -> list[Path]:
     """Write ``<out_dir>/<table id>.<format>`` for each table and format, plus an index ``README.md``.
 
     Args:
@@ -309,6 +423,8 @@ def write_tables(records_path: str | os.PathLike, out_dir: str | os.PathLike, ta
         table_ids: published table ids (default: all); ignored when ``tables`` is given.
         formats: any of ``md``, ``csv``, ``tex``.
         tables: tables to render instead of the published ones (e.g. a demo table).
+        provenance: what the records are checked against, and the user rows (default: ``benchmark run``'s
+            settings, no user rows).
     Returns:
         The paths written, the index last.
     Raises:
@@ -317,26 +433,44 @@ def write_tables(records_path: str | os.PathLike, out_dir: str | os.PathLike, ta
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown format(s) {bad}; choose from {list(FORMATS)}")
+    prov = provenance if provenance is not None else Provenance()
     records = results.load(records_path)
     tables = list(tables) if tables is not None else select_tables(table_ids)
+    _check_user_tables(prov, tables)
     out = Path(out_dir)
     written = []
     render = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
     index = ["# Result tables", "", f"Generated from `{Path(records_path).name}` ({len(records)} records) and the "
              "published numbers in `benchmark/published/`; do not edit by hand "
-             "(`python -m benchmark tables`).", "", "| table | paper | title | cells with results |", "|---|---|---|---|"]
+             "(`python -m benchmark tables`). Cells count only records that are the row's run (checkpoint and "
+             "configuration); other runs are listed in each table.", "",
+             "| table | paper | title | cells with results | other runs |", "|---|---|---|---|---|"]
     for table in tables:
         for fmt in formats:
             path = out / f"{table.id}.{fmt}"
-            atomic_write(path, render[fmt](table, records, decimals=decimals))
+            atomic_write(path, render[fmt](table, records, decimals=decimals, provenance=prov))
             written.append(path)
-        filled = sum(cell_stats(records, table, r, c).n_runs > 0 for r in table.rows for c in table.columns)
+        full = prov.with_user_rows(table)
+        filled = sum(cell_stats(records, full, r, c, prov).n_runs > 0 for r in full.rows for c in full.columns)
         link = f"[{table.id}]({table.id}.md)" if "md" in formats else table.id
         index.append(f"| {link} | {table.paper} | {table.title.replace('|', '/')} | "
-                     f"{filled}/{len(table.rows) * len(table.columns)} |")
+                     f"{filled}/{len(full.rows) * len(full.columns)} | {len(other_runs(full, records, prov))} |")
     atomic_write(out / "README.md", "\n".join(index) + "\n")
     written.append(out / "README.md")
     return written
+
+
+def _check_user_tables(prov: Provenance, tables: Sequence[PaperTable]) -> None:
+    """A user row naming a table that is not rendered, or joining none, is an error rather than silently absent."""
+    ids = {t.id for t in tables}
+    for user in prov.user_rows.values():
+        unknown = sorted(set(user.tables) - ids)
+        if unknown:
+            raise ValueError(f"user row {user.label!r} ({user.source}): table(s) {unknown} are not rendered; "
+                             f"rendered: {', '.join(sorted(ids))}")
+        if not any(user.joins(t) for t in tables):
+            raise ValueError(f"user row {user.label!r} ({user.source}): no rendered table has a column of its "
+                             f"tasks {list(user.tasks)}")
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -351,17 +485,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decimals", type=int, default=1, help="digits after the decimal point")
     parser.add_argument("--print", action="store_true", dest="print_md", help="also print the markdown tables")
     parser.add_argument("--plots", action="store_true", help="also draw PNG plots (needs matplotlib)")
+    parser.add_argument("--rows", default=None, metavar="FILE", help="your own rows (YAML: label, upstream, "
+                        "checkpoint, tasks), shown beside the papers' rows")
+    parser.add_argument("--row", action="append", default=[], metavar="LABEL", dest="row_labels",
+                        help="a row of the records labelled LABEL (run_downstream.py --label), any checkpoint; "
+                             "repeatable")
+    parser.add_argument("--strict", action="store_true", help="leave out the other runs instead of listing them")
+    sweep = parser.add_argument_group("the sweep the records came from (when `benchmark run` was given them)")
+    sweep.add_argument("--expdir", default="exp/suites", help="benchmark run --expdir (pretraining runs)")
+    sweep.add_argument("-o", "--override", action="append", default=[], help="benchmark run -o")
+    sweep.add_argument("--pretrain-override", action="append", default=[], help="benchmark run --pretrain-override")
+    sweep.add_argument("--config-dir", default=None, help="benchmark run's <config_dir>/<task>[_finetune].yaml")
+
+
+def provenance_from_args(args: argparse.Namespace, records: Sequence[results.ResultRecord]) -> Provenance:
+    """The :class:`Provenance` of ``benchmark tables``' arguments (user rows, --strict, the sweep's settings)."""
+    from .suites import SuiteOptions
+
+    opts = SuiteOptions(expdir=args.expdir, downstream_overrides=tuple(args.override),
+                        pretrain_overrides=tuple(args.pretrain_override), config_dir=args.config_dir)
+    users = load_user_rows(args.rows) if args.rows else []
+    users += user_rows_from_labels(args.row_labels, records)
+    labels = [u.label for u in users]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"user row label(s) {dup} given twice (--rows / --row)")
+    return Provenance(opts, users, strict=args.strict)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the tables (and plots with ``--plots``). Exit code 0, or 2 with one error line on stderr."""
     formats = args.formats or ["md", "csv", "tex"]
     try:
-        paths = write_tables(args.results, args.out, args.tables, formats, decimals=args.decimals)
+        records = results.load(args.results)
+        prov = provenance_from_args(args, records)
+        paths = write_tables(args.results, args.out, args.tables, formats, decimals=args.decimals, provenance=prov)
         if args.print_md:
-            records = results.load(args.results)
             for table in select_tables(args.tables):
-                print(to_markdown(table, records, decimals=args.decimals))
+                print(to_markdown(table, records, decimals=args.decimals, provenance=prov))
     except (ValueError, PublishedError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -370,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
         from .plots import PlotsUnavailable, write_plots
 
         try:
-            plots = write_plots(args.results, args.out, args.tables)
+            plots = write_plots(args.results, args.out, args.tables, provenance=prov)
             print(f"wrote {len(plots)} plots to {args.out}", file=sys.stderr)
         except PlotsUnavailable as err:
             print(f"plots skipped: {err}", file=sys.stderr)
@@ -378,7 +539,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main_tables(argv: Sequence[str] | None = None) -> int:
-    """``python -m benchmark tables [--results ...] [--out ...] [--table ID ...] [--format ...] [--print]``."""
+    """``python -m benchmark tables [--results ...] [--out ...] [--table ID ...] [--rows FILE] [--strict] ...``."""
     parser = argparse.ArgumentParser(prog="python -m benchmark tables", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

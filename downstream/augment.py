@@ -16,10 +16,12 @@ weight averaging), recipes.md §3. Everything is batched on the device and drawn
 SpecAugment and noise apply to each input the upstream's front end produces: one per clip for a whole-clip
 upstream (MAE-AST) or when the clip fits one window, one per window when an upstream cuts a long clip into
 windows (SSAST's default 1 s windows), so the recipe's single 1024/512/128-frame input needs an upstream built
-with that window.
+with that window. An upstream without a ``.frontend`` module (a plug-in that computes its own input) is
+fine-tuned without them, with an :class:`AugmentationSkipped` warning (:func:`attach_to_frontend`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -179,13 +181,46 @@ class AugmentedFrontend(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, **kw):
         feats, frames = self.inner(waveforms, lengths, **kw)
+        return self.augment(feats), frames
+
+    def augment(self, feats: torch.Tensor) -> torch.Tensor:
+        """SpecAugment and noise on normalised features (B, T, F) in training mode; identity in eval mode.
+
+        Also called by upstreams whose forward computes its input without ``.frontend`` (ASiT's exact windows:
+        fbank of the whole clip, cut into windows, then normalised), on the windows they feed the encoder.
+        """
         if not self.training:
-            return feats, frames
+            return feats
         feats = mask_along_axis(feats, self.cfg.freqm, 2, self.mask_value, self.generator)
         feats = mask_along_axis(feats, self.cfg.timem, 1, self.mask_value, self.generator)
         if self.cfg.noise:
             feats = noise_and_roll(feats, self.generator)
-        return feats, frames
+        return feats
+
+
+class AugmentationSkipped(UserWarning):
+    """SpecAugment / noise requested for an upstream that has no ``.frontend`` to put them after."""
+
+
+def attach_to_frontend(upstream: nn.Module, cfg: AugmentConfig, generator: torch.Generator) -> bool:
+    """Put SpecAugment and noise after ``upstream.frontend`` (in place); returns whether they were attached.
+
+    Nothing to do (False, silently) when ``cfg`` asks for none of them. An upstream without a ``.frontend``
+    module gets none either (False) with an :class:`AugmentationSkipped` warning: its input is its own business
+    (the contract, ``downstream/validate.py``, makes the front end optional), and mixup, which acts on
+    waveforms, still applies.
+    """
+    if not (cfg.freqm or cfg.timem or cfg.noise):
+        return False
+    frontend = getattr(upstream, "frontend", None)
+    if not isinstance(frontend, nn.Module):
+        asked = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("freqm", "timem", "noise") if getattr(cfg, k))
+        warnings.warn(f"augment {asked} skipped: {type(upstream).__name__} has no .frontend module to put "
+                      f"SpecAugment / noise after (mixup, on waveforms, still applies)", AugmentationSkipped,
+                      stacklevel=2)
+        return False
+    upstream.frontend = AugmentedFrontend(frontend, cfg, generator).train(upstream.training)
+    return True
 
 
 # ------------------------------------------------------------------------------------------ weight averaging

@@ -63,6 +63,7 @@ from upstream.cache_files import (HashingWriter, cannot_write, file_checksum, lo
 
 from .batching import length_batches
 from .datasets import ClipDataset, TaskData, collate
+from .progress import progress
 
 CACHE_ENV = "ASTBENCH_CACHE"
 CACHE_VERSION = 1  # bump when the stored layout or the meaning of a selection changes
@@ -375,7 +376,7 @@ class FeatureCache:
         try:
             with open(tmp[".f16"], "wb") as f:
                 out = HashingWriter(f)  # the checksum costs no second read of the shard
-                for wavs, _, _ in loader:
+                for wavs, _, _ in progress(loader, desc=f"features {shard.stem}", unit="batch"):
                     feats, lengths = select_features(self.up([w.to(self.device) for w in wavs]), self.selection)
                     feats = feats.to(torch.float16).cpu()
                     for b in range(len(wavs)):

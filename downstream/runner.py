@@ -26,13 +26,14 @@ from benchmark.config import temp_path
 from upstream.safe_load import load_checkpoint_file
 
 from . import metrics
-from .augment import AugmentConfig, AugmentedFrontend, ScheduleConfig, WeightAverage, lr_factor, mixup
+from .augment import AugmentConfig, ScheduleConfig, WeightAverage, attach_to_frontend, lr_factor, mixup
 from .cache import CachedDataset, FeatureBatch, FeatureCache, collate_features, select_features
 from .batching import LengthGroupedSampler, length_batches
 from .datasets import DataConfig, TaskData, class_balanced_weights, collate
 from .distributed import DistContext, StepBatchSampler
 from .featurizer import Featurizer
 from .heads import PSLAHead, UtteranceHead
+from .progress import printer, progress
 from .tasks import TaskSpec
 
 
@@ -41,7 +42,7 @@ from .tasks import TaskSpec
 class RunnerConfig:
     total_steps: int = 200_000  # optimizer steps (s3prl runner.total_steps)
     eval_step: int = 5000  # evaluate the selection split every this many steps
-    log_step: int = 100
+    log_step: int = 100  # train loss, lr and gradient norm (before clipping) to the log and tensorboard
     batch_size: int = 32
     eval_batch_size: int = 32
     gradient_accumulate_steps: int = 1  # micro-batches per optimizer step
@@ -120,8 +121,15 @@ class DownstreamConfig:
     # overrides for one family only, keyed by its name prefix: {"ssast": {"target_length": 512}} applies to
     # ssast_* upstreams (a recipe's input length is SSAST's setting; MAE-AST and ASiT take whole clips)
     family_overrides: dict = field(default_factory=dict)
+    # which family protocol (downstream.protocols) sits between the task config and -c/-o: 'official' (the
+    # family's own pipeline), 's3prl' (its recipe on the upstream as s3prl's expert builds it) or 'none'
+    protocol: str = "official"
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)  # bad files, training crops, batching, folder splits
+
+    def __post_init__(self):
+        if self.protocol not in ("official", "s3prl", "none"):
+            raise ValueError(f"protocol must be 'official', 's3prl' or 'none', got {self.protocol!r}")
 
     def overrides_for(self, upstream: str) -> dict:
         """``upstream.load`` overrides of ``upstream``: its family's, then ``upstream_overrides`` on top."""
@@ -165,12 +173,7 @@ class DownstreamModel(nn.Module):
         if not self.finetune:
             raise ValueError("augment.* applies to -f runs only: a frozen probe (and its feature cache) sees "
                              "the clips unaugmented, as s3prl's")
-        if cfg.freqm or cfg.timem or cfg.noise:
-            if not isinstance(getattr(self.upstream, "frontend", None), nn.Module):
-                raise ValueError(f"augment.freqm/timem/noise need an upstream with a .frontend module; "
-                                 f"{type(self.upstream).__name__} has none")
-            wrapped = AugmentedFrontend(self.upstream.frontend, cfg, generator)
-            self.upstream.frontend = wrapped.train(self.upstream.training)
+        attach_to_frontend(self.upstream, cfg, generator)  # an upstream without .frontend: skipped, warned
 
     def train(self, mode: bool = True) -> "DownstreamModel":
         super().train(mode)
@@ -286,11 +289,13 @@ def _to(inputs, device: torch.device):
 def train_steps(model: nn.Module, batches: Iterator, optimizer: torch.optim.Optimizer, loss_kind: str,
                 num_steps: int, cfg: RunnerConfig, device: torch.device, first_step: int = 0,
                 lr_at: Callable[[int], float] | None = None,
-                mix: Callable[[list, torch.Tensor], tuple[list, torch.Tensor]] | None = None) -> list[float]:
+                mix: Callable[[list, torch.Tensor], tuple[list, torch.Tensor]] | None = None,
+                on_step: Callable[[int, float, float, float], None] | None = None) -> list[float]:
     """``num_steps`` optimizer steps, each over ``gradient_accumulate_steps`` micro-batches.
 
-    ``lr_at(step)`` sets the lr of each update; ``mix(wavs, labels)`` is mixup. Returns the per-step mean loss.
-    Raises ``FloatingPointError`` on a non-finite loss (mae).
+    ``lr_at(step)`` sets the lr of each update; ``mix(wavs, labels)`` is mixup; ``on_step(step, loss, lr,
+    grad_norm)`` is called after each update (``step`` counts from 1; ``grad_norm`` is the total norm before
+    clipping). Returns the per-step mean loss. Raises ``FloatingPointError`` on a non-finite loss (mae).
     """
     model.train()
     losses = []
@@ -312,9 +317,11 @@ def train_steps(model: nn.Module, batches: Iterator, optimizer: torch.optim.Opti
                                          f"stopping. Lower optimizer.lr or check the input audio.")
             (loss / cfg.gradient_accumulate_steps).backward()
             total += loss.item() / cfg.gradient_accumulate_steps
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clipping)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clipping)
         optimizer.step()
         losses.append(total)
+        if on_step is not None:
+            on_step(first_step + i + 1, total, optimizer.param_groups[0]["lr"], float(grad_norm))
     return losses
 
 
@@ -325,18 +332,35 @@ def train_one_epoch(model, loader, optimizer, loss_kind, cfg: RunnerConfig, devi
 
 
 @torch.no_grad()
-def evaluate(model: DownstreamModel, loader: DataLoader, spec: TaskSpec, device: torch.device) -> dict:
-    """-> ``{spec.metric: value}`` over the whole loader."""
+def predict(model: DownstreamModel, loader: DataLoader, device: torch.device,
+            desc: str = "evaluating") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Run ``model`` over the whole loader.
+
+    Returns:
+        ``(logits (N, C) float32, targets (N,) int64 or (N, C) multi-hot, uids)``, in the loader's order.
+    """
     model.eval()
-    scores, targets = [], []
-    for inputs, labels, _ in loader:
+    scores, targets, uids = [], [], []
+    for inputs, labels, ids in progress(loader, desc=desc, unit="batch"):
         with _autocast(device):
             scores.append(model(_to(inputs, device)).float().cpu())
         targets.append(labels)
-    logits, target = torch.cat(scores), torch.cat(targets)
+        uids += list(ids)
+    return torch.cat(scores), torch.cat(targets), uids
+
+
+def score(logits: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> dict:
+    """-> ``{spec.metric: value}``: mAP over sigmoid scores, or accuracy."""
     if spec.metric == "mAP":
         return {"mAP": metrics.mean_average_precision(logits.sigmoid(), target)}
     return {"accuracy": metrics.accuracy(logits, target)}
+
+
+def evaluate(model: DownstreamModel, loader: DataLoader, spec: TaskSpec, device: torch.device,
+             desc: str = "evaluating") -> dict:
+    """-> ``{spec.metric: value}`` over the whole loader."""
+    logits, target, _ = predict(model, loader, device, desc)
+    return score(logits, target, spec)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -396,7 +420,10 @@ def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamC
 
     Writes ``expdir/dev-best.ckpt`` (best selection metric), ``expdir/last.ckpt`` (resume state), with
     ``schedule.wa`` ``expdir/wa.ckpt`` (the averaged model), and one line per evaluation to
-    ``expdir/evals.jsonl``; under ``torchrun`` rank 0 evaluates and writes. Returns ``{"best_step", "best"}``.
+    ``expdir/evals.jsonl``; under ``torchrun`` rank 0 evaluates and writes. Every ``runner.log_step`` steps the
+    mean train loss, the lr and the mean gradient norm (before clipping) since the last such line go to ``log``
+    and to ``writer`` (``train/loss``, ``train/lr``, ``train/grad_norm``; rank 0's own micro-batches under
+    ``torchrun``); each evaluation adds ``<split>/<metric>``. Returns ``{"best_step", "best"}``.
     ``trust_checkpoint``: let ``resume`` unpickle a ``last.ckpt`` that needs more than this project writes
     (which can run code stored in it; warns); otherwise such a file raises ``CheckpointError``.
     """
@@ -433,39 +460,60 @@ def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamC
     mix = None
     if cfg.augment.mixup > 0:
         mix = lambda w, y: mixup(w, y, data.num_classes, cfg.augment.mixup, aug_gen)  # noqa: E731
-    while step < rc.total_steps:
-        n = min(rc.eval_step - step % rc.eval_step, rc.total_steps - step)
-        losses = dist_ctx.mean(train_steps(net, batches, optimizer, loss_kind, n, rc, device, step, lr_at, mix))
-        step += n
-        epoch = -(-step // rc.eval_step)
-        if wa is not None and cfg.schedule.wa_start <= epoch <= cfg.schedule.wa_end:
-            wa.add(model.trainable_state())
-        rngs = dist_ctx.gather(rng_state())
-        aug_rngs = dist_ctx.gather(aug_gen.get_state().cpu())
+    bar = progress(total=rc.total_steps, initial=step, desc="training", unit="step", enabled=main)
+    say = printer(bar, log)
+    since_log: list[tuple[float, float]] = []  # (loss, grad norm) of each step since the last log_step line
+
+    def on_step(s: int, loss: float, lr: float, grad_norm: float) -> None:
+        bar.update(1)
+        since_log.append((loss, grad_norm))
+        if s % rc.log_step and s != rc.total_steps:
+            return
+        mean_loss, mean_norm = (float(v) for v in np.mean(since_log, axis=0))
+        since_log.clear()
+        bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         if main:
+            say(f"step {s}: train loss {mean_loss:.4f}, lr {lr:.3g}, grad norm {mean_norm:.3g}")
             if writer is not None:
-                writer.add_scalar("train/loss", float(np.mean(losses)), step)
-            result = evaluate(model, build_loader(data, spec, sel, sr, rc, cfg.run.seed, cache), spec, device)
-            value = result[spec.metric]
-            log(f"step {step}: train loss {np.mean(losses):.4f}, {sel} {spec.metric} {value:.4f}")
-            if writer is not None:
-                writer.add_scalar(f"{sel}/{spec.metric}", value, step)
-            with open(expdir / "evals.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "split": sel, spec.metric: value,
-                                    "train_loss": float(np.mean(losses))}) + "\n")
-            if value > best["value"] or best["step"] == 0:  # NaN-safe first save
-                best = {"step": step, "value": value}
-                save_atomic({"model": model.trainable_state(), "step": step, "metrics": result,
-                             "config": config_dict}, expdir / "dev-best.ckpt")
-            if wa is not None and (epoch == cfg.schedule.wa_end or step == rc.total_steps) and wa.count:
-                save_atomic({"model": wa.average(), "step": step, "config": config_dict,
-                             "wa_epochs": [cfg.schedule.wa_start, min(epoch, cfg.schedule.wa_end)]},
-                            expdir / "wa.ckpt")
-            save_atomic({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "step": step,
-                         "best": best, "rng": rngs, "aug_rng": aug_rngs, "world_size": dist_ctx.world_size,
-                         "wa": wa.state_dict() if wa is not None else None, "config": config_dict},
-                        expdir / "last.ckpt")
-        dist_ctx.barrier()
+                for tag, value in (("loss", mean_loss), ("lr", lr), ("grad_norm", mean_norm)):
+                    writer.add_scalar(f"train/{tag}", value, s)
+
+    try:
+        while step < rc.total_steps:
+            n = min(rc.eval_step - step % rc.eval_step, rc.total_steps - step)
+            losses = dist_ctx.mean(train_steps(net, batches, optimizer, loss_kind, n, rc, device, step, lr_at, mix,
+                                               on_step))
+            step += n
+            epoch = -(-step // rc.eval_step)
+            if wa is not None and cfg.schedule.wa_start <= epoch <= cfg.schedule.wa_end:
+                wa.add(model.trainable_state())
+            rngs = dist_ctx.gather(rng_state())
+            aug_rngs = dist_ctx.gather(aug_gen.get_state().cpu())
+            if main:
+                loader = build_loader(data, spec, sel, sr, rc, cfg.run.seed, cache)
+                result = evaluate(model, loader, spec, device, desc=f"{sel} at step {step}")
+                value = result[spec.metric]
+                say(f"step {step}: train loss {np.mean(losses):.4f}, {sel} {spec.metric} {value:.4f}")
+                if writer is not None:
+                    writer.add_scalar(f"{sel}/{spec.metric}", value, step)
+                with open(expdir / "evals.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "split": sel, spec.metric: value,
+                                        "train_loss": float(np.mean(losses))}) + "\n")
+                if value > best["value"] or best["step"] == 0:  # NaN-safe first save
+                    best = {"step": step, "value": value}
+                    save_atomic({"model": model.trainable_state(), "step": step, "metrics": result,
+                                 "config": config_dict}, expdir / "dev-best.ckpt")
+                if wa is not None and (epoch == cfg.schedule.wa_end or step == rc.total_steps) and wa.count:
+                    save_atomic({"model": wa.average(), "step": step, "config": config_dict,
+                                 "wa_epochs": [cfg.schedule.wa_start, min(epoch, cfg.schedule.wa_end)]},
+                                expdir / "wa.ckpt")
+                save_atomic({"model": model.trainable_state(), "optimizer": optimizer.state_dict(), "step": step,
+                             "best": best, "rng": rngs, "aug_rng": aug_rngs, "world_size": dist_ctx.world_size,
+                             "wa": wa.state_dict() if wa is not None else None, "config": config_dict},
+                            expdir / "last.ckpt")
+            dist_ctx.barrier()
+    finally:
+        bar.close()
     model.train(False)
     return {"best_step": best["step"], "best": best["value"]}
 

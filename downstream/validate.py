@@ -1,16 +1,62 @@
-"""Check that an upstream (e.g. a user's ``package.module:builder``) honours the contract of
-``upstream/interface.py`` before a downstream run spends time on it.
+"""The upstream contract, written down and checked: ``python -m benchmark validate -u package.module:builder``.
 
-``validate_upstream(model)`` returns a list of problem strings; empty means OK. Strings starting with
-``'warning:'`` are advisory (batch inconsistency beyond ``atol``); every other string is an error.
+Any upstream plugs into ``run_downstream.py -u package.module:builder`` (frozen, ``-f`` fine-tuned, ``-l k``)
+and into the benchmark tables if it honours this contract, the one every registered upstream
+(``upstream/interface.py``) follows:
+
+**Builder.** ``builder(**overrides) -> torch.nn.Module``. It is called as ``builder()`` without ``--ckpt`` and as
+``builder(ckpt="path/given/to/--ckpt")`` with it (``upstream.registry.load``), plus any ``-o
+upstream_overrides.KEY=VALUE`` as keyword arguments, so ``def builder(ckpt=None, **overrides)`` takes everything.
+Whatever it raises is reported in one line naming it.
+
+**Attributes** (plain Python ints, read before any data is loaded):
+
+* ``sample_rate``: the rate of the waveforms ``forward`` takes, in Hz; clips are resampled to it.
+* ``hidden_size``: H, the width of each ``hidden_states`` entry; the frozen probe's head reads it.
+* ``num_layers``: how many ``hidden_states`` entries ``forward`` returns; the weighted layer sum has one weight
+  per entry and ``-l k`` picks entry ``k``.
+* ``clip_size``: D, the width of ``clip``; the fine-tuning head of the PSLA recipes (``-f`` on ``as20k``,
+  ``esc50``, ``speech_commands_v2``: ``head.kind: psla``) reads it.
+* ``get_downsample_rates(key)``: input samples per output frame (an int) for ``key="hidden_states"``; ``T``
+  must be ``ceil(longest input / rate)`` give or take one frame.
+* ``frontend`` (optional): an ``nn.Module`` called inside ``forward`` as ``frontend(waveforms (B, S),
+  lengths (B,)) -> (features (B, T, F), frames (B,))``. The PSLA fine-tuning configs put SpecAugment and
+  noise (``augment.freqm/timem/noise``) after it; an upstream without one is fine-tuned without them (a
+  warning says so) and mixup, which acts on waveforms, still applies.
+
+**Forward.** ``forward(wavs)`` takes a list of B 1-D float tensors (lengths differ; values in [-1, 1) at
+``sample_rate``) and returns a dict: ``hidden_states`` (a list of ``num_layers`` tensors ``(B, T, H)``),
+``last_hidden_state`` ``(B, T, H)``, ``clip`` ``(B, D)`` and ``lengths`` ``(B,)`` long, each clip's valid frames
+(``1..T``, growing with its length). Every value must be finite, and a clip's valid frames should not change
+with the padding a longer clip in its batch brings (checked as a warning).
+
+**What ``-f`` adds.** The upstream trains with the head: it must have parameters, and in ``train()`` mode a loss
+on ``clip`` and ``hidden_states`` must reach them through ``forward`` (no ``torch.no_grad``, no ``.detach()``).
+The upstream is moved with ``.to(device)``; ``forward`` must put its outputs on the parameters' device.
+
+``validate_upstream(model)`` checks a built model (``run_downstream.py`` runs it before a plug-in upstream
+trains); :func:`validate_builder` also builds it the way the runner does. Both return problem strings; those
+starting with ``'warning:'`` are advisory, every other one is an error.
 """
 from __future__ import annotations
 
+import argparse
+import inspect
 import math
+import sys
+import time
 
 import torch
+from torch import nn
 
 KEYS = ("hidden_states", "last_hidden_state", "clip", "lengths")
+INT_ATTRIBUTES = {  # attribute: what reads it (the error says why it is needed)
+    "hidden_size": "the frozen probe's head",
+    "num_layers": "the weighted layer sum and -l k",
+    "clip_size": "the PSLA fine-tuning head (-f on as20k, esc50, speech_commands_v2)",
+}
+CONTRACT = "the upstream contract: README 'Plug in your own upstream', or `python -c \"import downstream.validate " \
+           "as v; help(v)\"`"
 
 
 def _waves(sample_rate: int, secs: tuple[float, ...], seed: int = 0) -> list[torch.Tensor]:
@@ -22,34 +68,49 @@ def errors(problems: list[str]) -> list[str]:
     return [p for p in problems if not p.startswith("warning:")]
 
 
+# ------------------------------------------------------------------------------------------ a built model
 @torch.no_grad()
-def validate_upstream(model, secs: tuple[float, ...] = (1.0, 0.5, 1.5), atol: float = 1e-3) -> list[str]:
-    """Problems found running ``model`` on generated waves of ``secs`` seconds at ``model.sample_rate``."""
-    problems: list[str] = []
-    sr = getattr(model, "sample_rate", None)
-    if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
-        return [f"sample_rate must be a positive int attribute, got {sr!r}"]
-    for attr in ("hidden_size", "num_layers"):
-        if not isinstance(getattr(model, attr, None), int):
-            problems.append(f"{attr} must be an int attribute, got {getattr(model, attr, None)!r}")
+def _check_forward(model, secs: tuple[float, ...], atol: float, device) -> list[str]:
+    sr = model.sample_rate
     was_training = model.training
     model.eval()
     try:
-        wavs = _waves(sr, secs)
+        wavs = [w.to(device) for w in _waves(sr, secs)]
         try:
             out = model(wavs)
         except Exception as err:  # noqa: BLE001  (report whatever a plug-in raises)
-            return problems + [f"forward(wavs) raised {type(err).__name__}: {err}"]
+            return [f"forward(wavs) raised {type(err).__name__}: {_one_line(err)}"]
         if not isinstance(out, dict):
-            return problems + [f"forward must return a dict, got {type(out).__name__}"]
+            return [f"forward must return a dict, got {type(out).__name__}"]
         missing = [k for k in KEYS if k not in out]
         if missing:
-            return problems + [f"output is missing key(s) {missing}"]
-        problems += _check_shapes(model, out, wavs)
+            return [f"output is missing key(s) {missing}"]
+        problems = _check_shapes(model, out, wavs)
         if not errors(problems):
             problems += _check_batch_consistency(model, out, wavs, atol)
+        return problems
     finally:
         model.train(was_training)
+
+
+def validate_upstream(model, secs: tuple[float, ...] = (1.0, 0.5, 1.5), atol: float = 1e-3,
+                      finetune: bool = False, device: str | torch.device | None = None) -> list[str]:
+    """Problems found checking ``model`` against the contract (module docstring) on generated waves of ``secs``
+    seconds; with ``finetune`` also what ``-f`` needs. ``device``: where to run (default: the parameters')."""
+    sr = getattr(model, "sample_rate", None)
+    if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
+        return [f"sample_rate must be a positive int attribute (Hz of the waveforms forward takes), got {sr!r}"]
+    problems: list[str] = []
+    for attr, reader in INT_ATTRIBUTES.items():
+        value = getattr(model, attr, None)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{attr} must be a positive int attribute (read by {reader}), got {value!r}")
+    if device is None:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+    problems += _check_forward(model, secs, atol, device)
+    if finetune and not errors(problems):
+        problems += _check_finetune(model, secs, device)
     return problems
 
 
@@ -57,8 +118,11 @@ def _check_shapes(model, out: dict, wavs: list[torch.Tensor]) -> list[str]:
     p: list[str] = []
     B = len(wavs)
     hs = out["hidden_states"]
-    if not isinstance(hs, (list, tuple)) or not hs:
+    if not isinstance(hs, (list, tuple)) or not hs or not all(isinstance(h, torch.Tensor) for h in hs):
         return [f"hidden_states must be a non-empty list of (B, T, H) tensors, got {type(hs).__name__}"]
+    for key in ("last_hidden_state", "clip", "lengths"):
+        if not isinstance(out[key], torch.Tensor):
+            return [f"{key} must be a tensor, got {type(out[key]).__name__}"]
     shapes = {tuple(h.shape) for h in hs}
     if len(shapes) != 1:
         p.append(f"hidden_states have different shapes: {sorted(shapes)}")
@@ -75,6 +139,8 @@ def _check_shapes(model, out: dict, wavs: list[torch.Tensor]) -> list[str]:
     clip = out["clip"]
     if clip.ndim != 2 or clip.shape[0] != B:
         p.append(f"clip must be (B={B}, D), got {tuple(clip.shape)}")
+    elif isinstance(getattr(model, "clip_size", None), int) and clip.shape[1] != model.clip_size:
+        p.append(f"clip width {clip.shape[1]} != clip_size {model.clip_size}")
     lens = out["lengths"]
     if lens.shape != (B,) or lens.dtype != torch.long:
         p.append(f"lengths must be a (B={B},) long tensor, got shape {tuple(lens.shape)} dtype {lens.dtype}")
@@ -86,9 +152,16 @@ def _check_shapes(model, out: dict, wavs: list[torch.Tensor]) -> list[str]:
                      f"{[w.numel() for w in wavs]}")
         if int(lens.max()) > T or int(lens.min()) < 1:
             p.append(f"lengths {lens.tolist()} must lie in 1..T={T}")
-    rate = model.get_downsample_rates("hidden_states") if hasattr(model, "get_downsample_rates") else None
-    if not isinstance(rate, int) or rate <= 0:
-        p.append(f"get_downsample_rates('hidden_states') must return a positive int, got {rate!r}")
+    rate = None
+    if callable(getattr(model, "get_downsample_rates", None)):
+        try:
+            rate = model.get_downsample_rates("hidden_states")
+        except Exception as err:  # noqa: BLE001
+            p.append(f"get_downsample_rates('hidden_states') raised {type(err).__name__}: {_one_line(err)}")
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+        if not any(x.startswith("get_downsample_rates") for x in p):
+            p.append(f"get_downsample_rates('hidden_states') must return a positive int (input samples per "
+                     f"frame), got {rate!r}")
     else:
         expect = math.ceil(max(w.numel() for w in wavs) / rate)
         if abs(T - expect) > 1:
@@ -113,3 +186,154 @@ def _check_batch_consistency(model, out: dict, wavs: list[torch.Tensor], atol: f
             p.append(f"warning: clip {i} features differ alone vs batched on valid frames (max |diff| "
                      f"{diff:.2e} > {atol:g}); padding leaks into valid frames")
     return p
+
+
+# ------------------------------------------------------------------------------------------ what -f adds
+def _check_finetune(model: nn.Module, secs: tuple[float, ...], device) -> list[str]:
+    """Gradients reach the parameters in train mode; outputs on the parameters' device; the front end (if any)
+    is what forward calls, so SpecAugment placed after it acts."""
+    params = [p for p in model.parameters()]
+    if not params:
+        return ["(-f) the upstream has no parameters: fine-tuning would train only the head"]
+    problems: list[str] = []
+    was_training, flags = model.training, [p.requires_grad for p in params]
+    model.requires_grad_(True)  # what DownstreamModel does for -f
+    model.train()
+    try:
+        wavs = [w.to(device) for w in _waves(model.sample_rate, secs, seed=1)]
+        try:
+            with torch.enable_grad():
+                out = model(wavs)
+                loss = out["clip"].float().pow(2).mean() + sum(h.float().pow(2).mean() for h in out["hidden_states"])
+                model.zero_grad(set_to_none=True)
+                if loss.requires_grad:  # else nothing reaches the parameters: reported below
+                    loss.backward()
+        except Exception as err:  # noqa: BLE001
+            return [f"(-f) forward + backward in train() mode raised {type(err).__name__}: {_one_line(err)}"]
+        reached = [p for p in params if p.grad is not None and p.grad.abs().sum() > 0]
+        if not reached:
+            problems.append("(-f) no gradient reaches the upstream's parameters from clip / hidden_states in "
+                            "train() mode: forward must not run under torch.no_grad() or detach its outputs")
+        elif any(not torch.isfinite(p.grad).all() for p in reached):
+            problems.append("(-f) the gradients of the upstream's parameters contain NaN or Inf")
+        pdev = params[0].device
+        if out["clip"].device != pdev or out["hidden_states"][0].device != pdev:
+            problems.append(f"(-f) outputs are on {out['clip'].device} but the parameters on {pdev}: forward must "
+                            f"follow .to(device)")
+        model.zero_grad(set_to_none=True)
+        problems += _check_frontend(model, wavs)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return problems
+
+
+@torch.no_grad()
+def _check_frontend(model: nn.Module, wavs: list[torch.Tensor]) -> list[str]:
+    from .augment import AugmentConfig, AugmentedFrontend
+
+    frontend = getattr(model, "frontend", None)
+    if frontend is None:
+        return ["warning: (-f) no .frontend module: the PSLA fine-tuning configs' SpecAugment and noise "
+                "(augment.freqm/timem/noise) will be skipped for this upstream (mixup still applies)"]
+    if not isinstance(frontend, nn.Module):
+        return [f"(-f) frontend must be an nn.Module called inside forward, got {type(frontend).__name__}"]
+    model.eval()  # the augmentation itself acts in train mode only: compare eval outputs with a train-mode mask
+    plain = model(wavs)["last_hidden_state"]
+    aug = AugmentedFrontend(frontend, AugmentConfig(freqm=10**6, timem=10**6, noise=True),
+                            torch.Generator(plain.device).manual_seed(0)).train()
+    model.frontend = aug
+    try:
+        masked = model(wavs)["last_hidden_state"]
+    except Exception as err:  # noqa: BLE001
+        return [f"(-f) forward with SpecAugment after .frontend raised {type(err).__name__}: {_one_line(err)} "
+                f"(frontend must return (features (B, T, F), frames (B,)))"]
+    finally:
+        model.frontend = frontend
+    if masked.shape == plain.shape and torch.equal(masked, plain):
+        return ["(-f) replacing .frontend does not change forward's output: forward must call self.frontend "
+                "(SpecAugment is placed there), not a reference kept elsewhere"]
+    return []
+
+
+# ------------------------------------------------------------------------------------------ building
+def validate_builder(name: str, ckpt: str | None = None, finetune: bool = True, device: str = "cpu",
+                     overrides: dict | None = None) -> tuple[nn.Module | None, list[str]]:
+    """Build ``name`` as ``run_downstream.py`` does (``builder()`` or ``builder(ckpt=...)``) and check it.
+
+    Returns:
+        (the model, or None when it could not be built; the problems, as :func:`validate_upstream`).
+    """
+    from upstream.registry import load, resolve_builder
+
+    try:
+        builder = resolve_builder(name)
+    except ValueError as err:
+        return None, [str(err)]
+    problems = []
+    if ckpt is None:
+        try:
+            sig = inspect.signature(builder)
+        except (TypeError, ValueError):
+            sig = None
+        takes = sig is None or "ckpt" in sig.parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        if not takes:
+            problems.append(f"warning: the builder's signature {sig} takes no 'ckpt' keyword: --ckpt will fail "
+                            "(write def builder(ckpt=None, **overrides))")
+    try:
+        model = load(name, ckpt, **(overrides or {}))
+    except (ValueError, FileNotFoundError, OSError) as err:
+        return None, problems + [_one_line(err)]
+    if not isinstance(model, nn.Module):  # a registered name always builds one; a plug-in is checked by load()
+        return None, problems + [f"the builder returned {type(model).__name__}, not a torch.nn.Module"]
+    try:
+        model.to(device)
+    except Exception as err:  # noqa: BLE001
+        return model, problems + [f"model.to({device!r}) raised {type(err).__name__}: {_one_line(err)}"]
+    return model, problems + validate_upstream(model, finetune=finetune, device=torch.device(device))
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or "(no message)"
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m benchmark validate``."""
+    p.add_argument("-u", "--upstream", required=True, help="registered name or package.module:builder")
+    p.add_argument("--ckpt", default=None, help="build as builder(ckpt=CKPT), as run_downstream.py --ckpt does")
+    p.add_argument("--frozen-only", action="store_true", help="skip what only -f needs (gradients, front end)")
+    p.add_argument("--device", default="cpu", help="where to run the checks (e.g. cuda)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder keyword argument (as -o upstream_overrides.KEY=VALUE of run_downstream.py)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit code 0 when the contract holds (warnings allowed), 3 when it does not, 2 for a bad argument."""
+    import yaml
+
+    overrides = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"error: -o {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides[key] = yaml.safe_load(value)
+    t0 = time.perf_counter()
+    model, problems = validate_builder(args.upstream, args.ckpt, not args.frozen_only, args.device, overrides)
+    for prob in problems:
+        print(prob if prob.startswith("warning:") else f"error: {prob}", file=sys.stderr)
+    errs, warns = errors(problems), len(problems) - len(errors(problems))
+    checked = "frozen checks" if args.frozen_only else "frozen and -f checks"
+    if errs:
+        print(f"{args.upstream}: {len(errs)} error(s), {warns} warning(s) in the {checked}; see {CONTRACT}",
+              file=sys.stderr)
+        return 3
+    m = model
+    print(f"{args.upstream}: honours the upstream contract ({checked}, {warns} warning(s), "
+          f"{time.perf_counter() - t0:.1f} s): sample_rate {m.sample_rate}, hidden_size {m.hidden_size}, "
+          f"num_layers {m.num_layers}, clip_size {m.clip_size}, {m.get_downsample_rates('hidden_states')} samples "
+          f"per frame, front end {'yes' if isinstance(getattr(m, 'frontend', None), nn.Module) else 'none'}")
+    return 0

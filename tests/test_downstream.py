@@ -162,18 +162,20 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_family_overrides_give_ssast_the_psla_input_length_and_leave_other_families_alone():
-    from pathlib import Path
-
     from benchmark.config import load_config
+    from downstream import protocols
     from downstream.runner import DownstreamConfig
 
-    configs = Path(__file__).resolve().parents[1] / "configs" / "downstream"
     for task, frames in (("as20k", 1024), ("esc50", 512), ("speech_commands_v2", 128)):  # recipes.md §3
-        cfg = load_config(DownstreamConfig, configs / f"{task}_finetune.yaml", [])
-        assert cfg.overrides_for("ssast_patch_400") == {"target_length": frames}
-        assert cfg.overrides_for("mae_ast_patch") == {} and cfg.overrides_for("asit_base") == {}
-    cfg = load_config(DownstreamConfig, configs / "esc50_finetune.yaml", ["upstream_overrides.target_length=256"])
-    assert cfg.overrides_for("ssast_frame_400") == {"target_length": 256}  # upstream_overrides win
+        # SSAST's input length comes from its protocol (configs/protocols/ssast.yaml) now
+        assert protocols.resolve("ssast_patch_400", task, True).overrides_for("ssast_patch_400")["target_length"] \
+            == frames
+        for other in ("mae_ast_patch", "asit_base"):
+            assert protocols.resolve(other, task, True).overrides_for(other) == {}
+    cfg = protocols.resolve("ssast_frame_400", "esc50", True, overrides=["upstream_overrides.target_length=256"])
+    assert cfg.overrides_for("ssast_frame_400")["target_length"] == 256  # -o wins over the protocol
+    cfg = load_config(DownstreamConfig, None, ["family_overrides.ssast.target_length=64"])
+    assert cfg.overrides_for("ssast_patch_400") == {"target_length": 64} and cfg.overrides_for("mae_ast_patch") == {}
     bad = load_config(DownstreamConfig, None, ["family_overrides.ssast=3"])
     with pytest.raises(ValueError, match="family_overrides.ssast"):
         bad.overrides_for("ssast_patch_400")

@@ -7,8 +7,12 @@ import pytest
 
 from benchmark import results
 from benchmark.published import Column, PaperTable, Row
+from benchmark.provenance import Provenance
 from benchmark.tables import cell_stats, main_tables, to_csv, to_latex, to_markdown, write_tables
 
+# these tests are about aggregation: the rows have no run specification and the records no configuration, so
+# the label alone decides (tests/test_provenance.py checks the specification)
+OFF = Provenance.off()
 ESC = Column(key="esc50", task="esc50", mode="finetune", metric="accuracy", title="ESC-50 acc")
 KS2 = Column(key="ks2", task="speech_commands_v2", mode="finetune", metric="accuracy", title="KS2 acc")
 TABLE = PaperTable(
@@ -35,7 +39,7 @@ def esc_records(split=results.ESC50_SELECTED_SPLIT):
 
 
 def test_fold_task_two_seeds_by_hand():
-    stats = cell_stats(esc_records(), TABLE, TABLE.rows[0], ESC)
+    stats = cell_stats(esc_records(), TABLE, TABLE.rows[0], ESC, provenance=OFF)
     seed_means = [statistics.fmean(v) for v in ESC_VALUES.values()]  # 0.72, 0.72
     assert stats.n_runs == 10 and stats.n_seeds == 2 and stats.n_folds == 5 and stats.complete
     assert stats.mean == pytest.approx(statistics.fmean(seed_means))
@@ -44,7 +48,7 @@ def test_fold_task_two_seeds_by_hand():
 
 def test_fold_task_one_seed_std_over_folds():
     records = [r for r in esc_records() if r.seed == 1]
-    stats = cell_stats(records, TABLE, TABLE.rows[0], ESC)
+    stats = cell_stats(records, TABLE, TABLE.rows[0], ESC, provenance=OFF)
     assert stats.mean == pytest.approx(0.72)
     assert stats.std == pytest.approx(statistics.stdev(ESC_VALUES[1]))
 
@@ -54,9 +58,9 @@ def test_seeds_without_folds_and_filters():
     records += [rec(task="speech_commands_v2", value=0.1, seed=9, split="dev"),  # dev split: ignored
                 rec(task="speech_commands_v2", value=0.1, seed=9, mode="frozen"),  # other mode: ignored
                 rec(task="speech_commands_v2", value=0.1, seed=9, label="ours_b")]  # other row
-    stats = cell_stats(records, TABLE, TABLE.rows[0], KS2)
+    stats = cell_stats(records, TABLE, TABLE.rows[0], KS2, provenance=OFF)
     assert stats.n_runs == 3 and stats.mean == pytest.approx(0.97) and stats.std == pytest.approx(0.01)
-    one = cell_stats(records[:1], TABLE, TABLE.rows[0], KS2)
+    one = cell_stats(records[:1], TABLE, TABLE.rows[0], KS2, provenance=OFF)
     assert one.mean == pytest.approx(0.97) and one.std is None
 
 
@@ -64,34 +68,34 @@ def test_newest_duplicate_wins():
     records = [rec(task="speech_commands_v2", value=0.5, ts="2024-01-02T00:00:00+0000"),
                rec(task="speech_commands_v2", value=0.9, ts="2024-03-01T00:00:00+0000"),
                rec(task="speech_commands_v2", value=0.1, ts="2024-02-01T00:00:00+0000")]
-    stats = cell_stats(records, TABLE, TABLE.rows[0], KS2)
+    stats = cell_stats(records, TABLE, TABLE.rows[0], KS2, provenance=OFF)
     assert stats.n_runs == 1 and stats.mean == pytest.approx(0.9)
 
 
 def test_missing_partial_and_mixed_cells():
     partial = [r for r in esc_records() if r.seed == 1 and r.fold <= 3]
-    stats = cell_stats(partial, TABLE, TABLE.rows[0], ESC)
+    stats = cell_stats(partial, TABLE, TABLE.rows[0], ESC, provenance=OFF)
     assert not stats.complete and stats.n_folds == 3 and stats.expected_folds == 5 and stats.std is None
-    md = to_markdown(TABLE, partial)
+    md = to_markdown(TABLE, partial, provenance=OFF)
     assert "72.0* [3/5 folds] (72.6)" in md and "incomplete" in md
     assert "— (98.0)" in md  # no KS2 runs: missing, not a number
     assert "| Model B | — | — |" in md
     mixed = [rec(task="speech_commands_v2", value=0.97, seed=1, sha="a"),
              rec(task="speech_commands_v2", value=0.98, seed=2, sha="b")]
-    assert cell_stats(mixed, TABLE, TABLE.rows[0], KS2).mixed_ckpts
-    assert "97.5 ± 0.7† (98.0)" in to_markdown(TABLE, mixed)
+    assert cell_stats(mixed, TABLE, TABLE.rows[0], KS2, provenance=OFF).mixed_ckpts
+    assert "97.5 ± 0.7† (98.0)" in to_markdown(TABLE, mixed, provenance=OFF)
 
 
 def test_renderers():
     records = esc_records()
-    md = to_markdown(TABLE, records)
+    md = to_markdown(TABLE, records, provenance=OFF)
     assert "| Model_A | 72.0 ± 0.0 (72.6) | — (98.0) |" in md
-    assert "72.00 ± 0.00 (72.60)" in to_markdown(TABLE, records, decimals=2)
-    lines = to_csv(TABLE, records).splitlines()
+    assert "72.00 ± 0.00 (72.60)" in to_markdown(TABLE, records, decimals=2, provenance=OFF)
+    lines = to_csv(TABLE, records, provenance=OFF).splitlines()
     assert lines[0].startswith("table,row,paper_label,column") and "ours_mean,ours_std,n" in lines[0]
     assert lines[1].startswith("demo_tab,ours_a,Model_A,esc50,esc50,finetune,accuracy,72.0,0.0,10,2,5,5,true")
-    assert lines[2] == "demo_tab,ours_a,Model_A,ks2,speech_commands_v2,finetune,accuracy,,,0,0,0,0,,false,false,98.0"
-    tex = to_latex(TABLE, records)
+    assert lines[2] == "demo_tab,ours_a,Model_A,ks2,speech_commands_v2,finetune,accuracy,,,0,0,0,0,,false,false,98.0,ours,"
+    tex = to_latex(TABLE, records, provenance=OFF)
     assert r"Demo\_table 100\% \& more" in tex and r"Model\_A" in tex
     assert r"72.0 $\pm$ 0.0 (72.6)" in tex and "-- (98.0)" in tex and r"\toprule" in tex
 
@@ -101,7 +105,7 @@ def test_write_tables_and_cli(tmp_path, capsys):
     for r in esc_records():
         results.append(r, path)
     out = tmp_path / "tables"
-    written = write_tables(path, out, tables=[TABLE])
+    written = write_tables(path, out, tables=[TABLE], provenance=OFF)
     assert sorted(p.name for p in written) == ["README.md", "demo_tab.csv", "demo_tab.md", "demo_tab.tex"]
     assert "demo_tab" in (out / "README.md").read_text()
     assert not list(out.glob("*.tmp"))
@@ -130,7 +134,7 @@ def test_plots(tmp_path):
     path = tmp_path / "results.jsonl"
     for r in esc_records():
         results.append(r, path)
-    written = write_plots(path, tmp_path / "plots", tables=[TABLE])
+    written = write_plots(path, tmp_path / "plots", tables=[TABLE], provenance=OFF)
     assert [p.name for p in written] == ["demo_tab.png"]
     names = [p.name for p in write_plots(path, tmp_path / "plots", ["ssast_masked_patches"])]
     assert names == ["ssast_masked_patches.png", "ssast_masked_patches_line.png"]
@@ -151,7 +155,7 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(PlotsUnavailable, match="pip install matplotlib"):
-        write_plots(tmp_path / "none.jsonl", tmp_path / "plots", tables=[TABLE])
+        write_plots(tmp_path / "none.jsonl", tmp_path / "plots", tables=[TABLE], provenance=OFF)
     assert main_tables(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t"),
                         "--table", "ssast_main", "--plots"]) == 0
 
@@ -164,7 +168,7 @@ def test_a_table_without_published_numbers_shows_ours_only():
 
     bare = replace(TABLE, rows=tuple(replace(r, values={k: None for k in r.values}) for r in TABLE.rows))
     assert has_paper_numbers(TABLE) and not has_paper_numbers(bare)
-    text = to_markdown(bare, esc_records())
+    text = to_markdown(bare, esc_records(), provenance=OFF)
     assert "(—)" not in text and "ours (paper)" not in text
     row_a, = [line for line in text.splitlines() if line.startswith("| Model_A |")]
     row_b, = [line for line in text.splitlines() if line.startswith("| Model B |")]
@@ -175,10 +179,10 @@ def test_a_table_without_published_numbers_shows_ours_only():
 def test_esc50_prefers_the_fold_averaged_selection_and_flags_per_fold_best():
     per_fold_best = [rec(value=v + 0.1, seed=s, fold=f + 1) for s, vals in ESC_VALUES.items()
                      for f, v in enumerate(vals)]  # split "test": each fold's own best step, higher
-    only_best = cell_stats(per_fold_best, TABLE, TABLE.rows[0], ESC)
+    only_best = cell_stats(per_fold_best, TABLE, TABLE.rows[0], ESC, provenance=OFF)
     assert only_best.fold_best and only_best.mean == pytest.approx(0.82)
-    both = cell_stats(per_fold_best + esc_records(), TABLE, TABLE.rows[0], ESC)
+    both = cell_stats(per_fold_best + esc_records(), TABLE, TABLE.rows[0], ESC, provenance=OFF)
     assert not both.fold_best and both.mean == pytest.approx(0.72)  # the selected records win
-    text = to_markdown(TABLE, per_fold_best)
+    text = to_markdown(TABLE, per_fold_best, provenance=OFF)
     assert "82.0 ± 0.0‡ (72.6)" in text and "‡ ESC-50: each fold at its own best step" in text
-    assert r"$^{\ddag}$" in to_latex(TABLE, per_fold_best)
+    assert r"$^{\ddag}$" in to_latex(TABLE, per_fold_best, provenance=OFF)

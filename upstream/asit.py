@@ -1,4 +1,4 @@
-"""ASiT: Local-Global Audio Spectrogram vIsion Transformer (Atito, Awais, Wang, Plumbley, Kittler; 2022).
+"""ASiT: Audio Spectrogram vIsion Transformer for General Audio Representation (Atito et al.; arXiv 2022, v1).
 
 Reference code: Sara-Ahmed/ASiT (``vision_transformer.py``, ``main_ASiT.py``, ``data_transformations.py``).
 

@@ -13,10 +13,16 @@ AlanBaade/MAE-AST-Public mae_ast/data/mae_ast_dataset.py, Sara-Ahmed/ASiT data_t
 preset        rate    kaldi window            mean removal  pad / normalise
 ============  ======  ======================  ============  ==================================
 ssast         16 kHz  hanning, htk_compat     yes           pad/cut, then (x - m) / (2 s)
-ssast_s3prl   16 kHz  hanning, htk_compat     no            (x - m) / (2 s), then zero-pad/cut
+ssast_psla    16 kHz  hanning, htk_compat     yes           as ssast, with a task's statistics
+ssast_superb  16 kHz  hanning, htk_compat     no            (x - m) / (2 s), then zero-pad/cut
+ssast_s3prl   16 kHz  hanning, htk_compat     no            as ssast_superb (s3prl's port of it)
 mae_ast       16 kHz  povey (kaldi defaults)  no            none (the model has a BatchNorm)
 asit          32 kHz  hanning, htk_compat     yes           pad/cut to 592, then normalise
 ============  ======  ======================  ============  ==================================
+
+``ssast`` / ``ssast_psla`` are SSAST's own data loader (pretraining and the PSLA fine-tuning recipes),
+``ssast_superb`` the audio code of SSAST's own SUPERB upstream (``src/finetune/superb/upstream/ast/audio.py``),
+which s3prl's ``ssast`` expert copies. :data:`DATASET_STATS` holds the fbank statistics the recipes use.
 
 All models expect float waveforms in [-1, 1): int16-valued samples add 2*ln(32768) ~ 20.79 to every
 log-mel value.
@@ -35,13 +41,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AudioError", "AudioInfo", "Fbank", "FbankConfig", "kaldi_fbank", "kaldi_fbank_batch", "load_audio",
-           "num_frames", "pad_waveforms", "probe_audio", "resample", "validate_waveform"]
+__all__ = ["AudioError", "AudioInfo", "DATASET_STATS", "Fbank", "FbankConfig", "kaldi_fbank", "kaldi_fbank_batch",
+           "load_audio", "num_frames", "pad_waveforms", "probe_audio", "resample", "validate_waveform"]
 
 # Kaldi and torchaudio floor energies at float32 epsilon whatever the compute dtype.
 EPSILON = torch.finfo(torch.float32).eps
 WINDOW_TYPES = ("hamming", "hanning", "povey", "rectangular", "blackman")
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974  # SSAST src/pretrain/run_mask_*.sh
+# Fbank (mean, std) per dataset as SSAST's recipes pass them (--dataset_mean / --dataset_std), normalising
+# (x - mean) / (2 std). AudioSet's are also those of every released SSAST / ASiT model's pretraining.
+DATASET_STATS: dict[str, tuple[float, float]] = {
+    "audioset": (AUDIOSET_MEAN, AUDIOSET_STD),  # src/finetune/audioset/run_as.sh, src/pretrain/run_mask_*.sh
+    "esc50": (-6.6268077, 5.358466),  # src/finetune/esc50/run_esc_{patch,frame}.sh
+    "speechcommands": (-6.845978, 5.5654526),  # src/finetune/speechcommands_v2_35/run_sc.sh
+}
 
 
 class AudioError(ValueError):
@@ -529,9 +542,25 @@ class FbankConfig:
                    target_length=target_length, pad_then_normalise=pad_then_normalise)
 
     @classmethod
-    def ssast_s3prl(cls, target_length: int) -> FbankConfig:
-        """s3prl ``ssast/audio.py``: no mean removal, AudioSet stats, normalise then zero-pad."""
+    def ssast_psla(cls, dataset: str, target_length: int) -> FbankConfig:
+        """SSAST's PSLA fine-tuning input (``src/dataloader.py`` with a recipe's ``--dataset_mean/std`` and
+        ``--target_length``): mean removal, fbank padded/cut to ``target_length``, then normalised with
+        the statistics of ``dataset`` (a key of :data:`DATASET_STATS`)."""
+        if dataset not in DATASET_STATS:
+            raise ValueError(f"no fbank statistics for dataset {dataset!r}; known: {sorted(DATASET_STATS)}")
+        mean, std = DATASET_STATS[dataset]
+        return cls.ssast(target_length, mean, std)
+
+    @classmethod
+    def ssast_superb(cls, target_length: int) -> FbankConfig:
+        """SSAST's own SUPERB upstream (``src/finetune/superb/upstream/ast/audio.py``): no mean removal,
+        AudioSet stats hard-coded, normalise, then zero-pad/cut the whole utterance to ``target_length``."""
         return cls.ssast(target_length, remove_mean_first=False, pad_then_normalise=False)
+
+    @classmethod
+    def ssast_s3prl(cls, target_length: int) -> FbankConfig:
+        """s3prl ``ssast/audio.py`` (a copy of SSAST's SUPERB ``audio.py``), applied to each window."""
+        return cls.ssast_superb(target_length)
 
     @classmethod
     def mae_ast(cls) -> FbankConfig:

@@ -18,6 +18,14 @@ padded to the model's input length, and the windows' features are concatenated i
 * ``window_mode='exact'`` (ASiT): the clip's fbank cut into windows of ``window_frames`` frames, the last
   one zero-padded before normalisation as the official crops are, so tokens stay on one time grid.
 * ``window_frames=None`` (MAE-AST): the whole clip at once with a padding mask.
+* ``window_mode='utterance'`` (SSAST's own pipelines): the whole clip's fbank padded or cut to
+  ``window_frames`` (what follows is dropped), one input per clip, as SSAST's PSLA data loader and its own
+  SUPERB upstream (``src/finetune/superb/upstream/ast``) feed the model. The features are then that
+  upstream's: token sequences, prefix tokens included (``H = D``, ``T = P + N``, frequency-major for
+  SSAST), ``hidden_states`` the raw block outputs, ``last_hidden_state`` after the final norm, a
+  downsample rate of one fbank frame shift, and ``lengths`` as the s3prl of that upstream (before
+  ``get_downsample_rates``, ``UpstreamBase.tolist``) cut them: ``round(len(wav) / (max_len / T))``, at
+  least 1, so a clip's length depends on the longest clip of its batch, as it did there.
 
 The fbank-level entry point :meth:`Upstream.forward_fbank` serves end-to-end fine-tuning and fixtures.
 """
@@ -35,6 +43,9 @@ from .frontend import Fbank, FbankConfig, pad_waveforms, validate_waveform
 from .tokenizer import token_padding_mask, tokens_to_time_rows
 
 
+WINDOW_MODES = ("s3prl", "exact", "utterance")
+
+
 @dataclass
 class UpstreamConfig:
     """Everything that rebuilds an :class:`Upstream`; saved inside every checkpoint this project writes."""
@@ -43,14 +54,16 @@ class UpstreamConfig:
     encoder: EncoderConfig
     frontend: FbankConfig
     window_frames: int | None = None  # frames per window (= the encoder's input_tdim when set)
-    window_mode: str = "s3prl"  # 's3prl' | 'exact'
+    window_mode: str = "s3prl"  # 's3prl' | 'exact' | 'utterance' (module docstring)
     partial_patch_valid: bool = True  # MAE-AST official token padding (see tokenizer.token_padding_mask)
     pooling: str = "mean"  # clip feature: 'mean' of patch tokens, or 'cls' (prefix tokens averaged)
     extra: dict = field(default_factory=dict)  # family-specific facts kept for provenance (e.g. p_input_tdim)
 
     def __post_init__(self):
-        if self.window_mode not in ("s3prl", "exact"):
-            raise ValueError(f"window_mode must be 's3prl' or 'exact', got {self.window_mode!r}")
+        if self.window_mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode must be one of {list(WINDOW_MODES)}, got {self.window_mode!r}")
+        if self.window_mode == "utterance" and self.window_frames is None:
+            raise ValueError("window_mode='utterance' needs window_frames (the input length to pad or cut to)")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.pooling == "cls" and self.encoder.num_prefix_tokens == 0:
@@ -91,12 +104,16 @@ class Upstream(nn.Module):
         self._shift = int(round(cfg.frontend.sample_rate * cfg.frontend.frame_shift_ms / 1000))
         n_f, _ = enc.grid
         self.num_freq_patches = n_f
-        self.hidden_size = n_f * enc.embed_dim  # frame-level feature width
+        # frame-level feature width: the frequency patches of a time step side by side, or one token
+        self.hidden_size = enc.embed_dim if cfg.window_mode == "utterance" else n_f * enc.embed_dim
         self.clip_size = enc.embed_dim
 
     # ------------------------------------------------------------------ contract
     def get_downsample_rates(self, key: str = "hidden_states") -> int:
-        """Input samples per output frame, for every key."""
+        """Input samples per output frame, for every key (``'utterance'``: one fbank frame shift, the rate
+        SSAST's own SUPERB upstream is declared with; its tokens are not frames)."""
+        if self.cfg.window_mode == "utterance":
+            return self._shift
         return self._shift * self.cfg.encoder.tstride
 
     @property
@@ -119,7 +136,26 @@ class Upstream(nn.Module):
         padded, lengths = pad_waveforms(wavs)  # (B, S), (B,)
         if self.cfg.window_frames is None:
             return self._forward_whole(padded, lengths)
+        if self.cfg.window_mode == "utterance":
+            return self._forward_utterance(padded, lengths)
         return self._forward_windows(padded, lengths)
+
+    # ------------------------------------------------------------------ one input per clip (SSAST's own)
+    def _forward_utterance(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
+        fbank, _ = self.frontend(padded, lengths)  # (B, window_frames, F): padded/cut, normalised
+        out = self.forward_fbank(fbank)
+        P = self.encoder.num_prefix_tokens
+        T = out["norm_out"].shape[1]  # P + N tokens, every clip the same
+        # old s3prl UpstreamBase.tolist: ratio = max(len(wav)) / T; length = round(len(wav) / ratio), in
+        # Python floats (round half to even, as torch.round)
+        ratio = lengths.max().double() / T
+        lens = torch.round(lengths.double() / ratio).long().clamp(1, T)
+        if self.cfg.pooling == "cls":
+            clip = out["norm_out"][:, :P].mean(1)  # ft_cls: (cls + dist) / 2
+        else:
+            clip = out["tokens"].mean(1)  # ft_avgtok: every patch token, those over padding included
+        return {"hidden_states": list(out["block_out"]), "last_hidden_state": out["norm_out"], "clip": clip,
+                "lengths": lens}
 
     # ------------------------------------------------------------------ whole-clip path (MAE-AST)
     def _forward_whole(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -159,6 +195,11 @@ class Upstream(nn.Module):
             fc = self.cfg.frontend
             if fc.norm_mean is not None:
                 fbank = (fbank - fc.norm_mean) / (2.0 * fc.norm_std)
+            # this path bypasses self.frontend, so fine-tuning's SpecAugment / noise (downstream.augment wraps
+            # .frontend) is applied here, to the normalised windows the encoder sees
+            augment = getattr(self.frontend, "augment", None)
+            if augment is not None:
+                fbank = augment(fbank)
             n_f, n_t = self.encoder.grid_for(W)
             rows = torch.div(frames + self.cfg.encoder.tstride - 1, self.cfg.encoder.tstride, rounding_mode="floor")
         out = self.forward_fbank(fbank)  # windows are fully valid: their padding is part of the input

@@ -9,8 +9,8 @@
   for the patch model, :func:`mae_random_mask` for the frame model, :func:`visible_indices` and
   :func:`gather_tokens` to drop the masked tokens before the encoder (the argsort trick of
   facebookresearch/mae ``random_masking``).
-* ASiT (Atito et al., "ASiT: Local-Global Audio Spectrogram vIsion Transformer for Event
-  Classification"; Sara-Ahmed/ASiT ``data_transformations.py`` ``GMML_drop_rand_patches``,
+* ASiT (Atito et al., "ASiT: Audio Spectrogram vIsion Transformer for General Audio Representation",
+  arXiv v1; Sara-Ahmed/ASiT ``data_transformations.py`` ``GMML_drop_rand_patches``,
   ``utils.py`` ``GMML_replace_list``): :func:`gmml_block_mask`, :func:`gmml_corrupt` and
   :func:`asit_corrupt`, which work on spectrogram bins rather than tokens.
 

@@ -113,7 +113,11 @@ class OptimConfig:
     weight_decay_end: float | None = None  # cosine from weight_decay to this over max_steps (DINO/ASiT)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr
+    warmup_steps: int = 0  # warm-up steps before the schedule below
+    # 'linear': lr * (step + 1) / warmup_steps, every step; 'step': SSAST's (traintest_mask.py trainmask): the lr
+    # is set to lr * step / warmup_steps only every warmup_every steps and kept in between, so 0 for the first ones
+    warmup: Literal["linear", "step"] = "linear"
+    warmup_every: int = 50  # 'step' warm-up: steps between lr updates (SSAST: global_step % 50 == 0)
     # after warm-up: 'constant'; 'cosine' to min_lr at max_steps; 'polynomial' (fairseq polynomial_decay,
     # power poly_power) to min_lr at max_steps; 'plateau_halving': SSAST's ReduceLROnPlateau, applied to the
     # mean training loss of each plateau_every-step window (SSAST watched a validation masked accuracy)
@@ -123,7 +127,10 @@ class OptimConfig:
     plateau_every: int = 4000  # SSAST epoch_iter
     plateau_patience: int = 2  # windows without improvement before the lr is multiplied by plateau_factor
     plateau_factor: float = 0.5
-    clip_grad: float | None = None  # max global grad norm; None or 0 = no clipping
+    clip_grad: float | None = None  # max grad norm; None or 0 = no clipping
+    # 'global': one norm over every gradient (torch clip_grad_norm_, fairseq clip_norm: MAE-AST); 'per_parameter':
+    # each parameter's gradient clipped to clip_grad on its own (DINO utils.clip_gradients: ASiT)
+    clip_mode: Literal["global", "per_parameter"] = "global"
 
     def __post_init__(self):
         # `not x > 0` rather than `x <= 0`: NaN fails too
@@ -139,6 +146,8 @@ class OptimConfig:
             raise ValueError(f"clip_grad must be >= 0 or null (0 or null: no clipping), got {self.clip_grad}")
         if self.plateau_every <= 0:
             raise ValueError(f"plateau_every must be > 0, got {self.plateau_every}")
+        if self.warmup_every <= 0:
+            raise ValueError(f"warmup_every must be > 0, got {self.warmup_every}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
         if self.min_lr > self.lr:
@@ -398,6 +407,8 @@ class Schedule:
     def lr(self, step: int) -> float:
         c = self.cfg
         if step < c.warmup_steps:
+            if c.warmup == "step":  # SSAST: if global_step <= 1000 and global_step % 50 == 0: lr = step/1000 * lr
+                return c.lr * (step - step % c.warmup_every) / c.warmup_steps
             return c.lr * (step + 1) / c.warmup_steps
         p = self._progress(step)
         if c.schedule == "cosine":
@@ -766,11 +777,32 @@ def _train_step(model, raw, fbank: Fbank, wavs: Tensor, lengths: Tensor, optimiz
                  else torch.full((), float(v), device=device))
             log_sums[k] = log_sums[k] + v / cfg.grad_accum if k in log_sums else v / cfg.grad_accum
     if cfg.optim.clip_grad:
-        log_sums["grad_norm"] = nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.clip_grad).float()
+        log_sums["grad_norm"] = clip_gradients(raw.parameters(), cfg.optim.clip_grad, cfg.optim.clip_mode)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     keys = sorted(log_sums)
     return keys, torch.stack([total, *(log_sums[k] for k in keys)])
+
+
+def clip_gradients(params, max_norm: float, mode: str = "global") -> Tensor:
+    """Clip gradients in place as the method's official code does; returns the global norm before clipping.
+
+    ``'global'``: ``torch.nn.utils.clip_grad_norm_`` (one scale for every gradient, as fairseq's ``clip_norm``).
+    ``'per_parameter'``: DINO's ``utils.clip_gradients`` (ASiT ``main_ASiT.py``): each gradient ``g`` with
+    ``||g|| > max_norm`` is scaled by ``max_norm / (||g|| + 1e-6)``, every parameter on its own.
+    """
+    params = [p for p in params if p.grad is not None]
+    if mode == "global":
+        return nn.utils.clip_grad_norm_(params, max_norm).float()
+    if mode != "per_parameter":
+        raise ValueError(f"clip_mode must be 'global' or 'per_parameter', got {mode!r}")
+    if not params:
+        return torch.zeros(())
+    grads = [p.grad for p in params]
+    norms = torch._foreach_norm(grads)  # one kernel for all, no host sync
+    coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]  # official: multiply only if < 1
+    torch._foreach_mul_(grads, coefs)
+    return torch.linalg.vector_norm(torch.stack(norms)).float()
 
 
 def _sync_due(step: int, stop: int, cfg: PretrainConfig) -> bool:

@@ -43,9 +43,14 @@ def describe_upstreams() -> dict[str, str]:
 
 
 def resolve_builder(name: str) -> Callable[..., nn.Module]:
-    """A registered name, or ``"package.module:builder"`` for a user's own upstream."""
+    """A registered name, ``"s3prl:NAME"`` for an s3prl upstream, or ``"package.module:builder"`` for a user's
+    own upstream."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith("s3prl:"):
+        from .s3prl_adapter import s3prl_builder
+
+        return s3prl_builder(name)
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -65,16 +70,46 @@ def resolve_builder(name: str) -> Callable[..., nn.Module]:
 
 
 def load(name: str, ckpt: str | os.PathLike | None = None, trust_checkpoint: bool = False,
-         **overrides) -> nn.Module:
+         model_config: str | os.PathLike | dict | None = None, refresh: bool = False, **overrides) -> nn.Module:
     """Build upstream ``name``, from ``ckpt`` when given (official or astbench format).
 
     Overrides use the official argument names (``fstride``, ``tstride``, ``window_secs``, ...); an unknown
     one raises naming it. ``trust_checkpoint=True`` lets a checkpoint that needs more than the official
     formats be unpickled in full, which can run code stored in it (:mod:`upstream.safe_load`); it warns.
+    ``model_config`` and ``refresh`` are the arguments s3prl gives every upstream: ``model_config`` is a mapping
+    (or a YAML file of one) of more overrides, under the keyword ones; ``refresh`` asks s3prl to download
+    again and means nothing here. For ``s3prl:NAME`` both go to s3prl's own entry.
     """
     builder = resolve_builder(name)
+    if name.startswith("s3prl:"):
+        overrides = {**overrides, "model_config": model_config, "refresh": refresh}
+    else:
+        overrides = {**_model_config_overrides(name, model_config), **overrides}
     with trusting_checkpoints(trust_checkpoint):
         return _build(name, builder, ckpt, overrides)
+
+
+def _model_config_overrides(name: str, model_config) -> dict:
+    """s3prl's ``model_config`` as overrides: None or "" -> none; a mapping; or a YAML file holding one."""
+    if model_config is None or model_config == "":
+        return {}
+    if isinstance(model_config, dict):
+        return dict(model_config)
+    path = Path(model_config).expanduser()
+    if not path.is_file():
+        raise ValueError(f"upstream {name!r}: model_config {str(model_config)!r} is not a YAML file of overrides")
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"upstream {name!r}: model_config {path} is not valid YAML: {' '.join(str(err).split())}")
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"upstream {name!r}: model_config {path} must hold a mapping of overrides, got "
+                         f"{type(loaded).__name__}")
+    return loaded
 
 
 def _build(name: str, builder: Callable[..., nn.Module], ckpt, overrides: dict) -> nn.Module:
@@ -115,10 +150,12 @@ def resolve_checkpoint(name: str, ckpt, default_file: str | None, random_init: b
         path = checkpoint_dir() / default_file
         if path.exists():
             return path
+        from .download import download_hint
+
         raise FileNotFoundError(
             f"upstream {name!r} needs its checkpoint {default_file!r}: place it at {path} (or set "
             f"ASTBENCH_CHECKPOINTS), pass ckpt=/--ckpt with its path, or use random_init=True for an "
-            f"untrained model"
+            f"untrained model{download_hint(default_file)}"
         )
     raise FileNotFoundError(f"upstream {name!r} has no released checkpoint: pass ckpt=/--ckpt (e.g. one "
                             f"pretrained with run_pretrain.py) or random_init=True")

@@ -6,6 +6,9 @@ The backbone is a DeiT ViT with two leading tokens (cls + dist), pre-norm blocks
 table over a frequency-major patch grid. Upstream features follow s3prl: 1 s windows, fine-tuning strides
 (patch 10/10, frame 128/1), the position table adapted from the 128x1024 pretraining grid by SSAST's own
 centre-cut / bilinear rule, and every block's output (before the final norm) as a hidden state.
+``window_mode='utterance'`` gives SSAST's own pipelines instead (PSLA fine-tuning, its own SUPERB upstream):
+one input per clip, padded or cut, token features; the downstream protocols
+(``configs/protocols/ssast.yaml``) say which task uses which.
 """
 from __future__ import annotations
 
@@ -37,8 +40,14 @@ TOKENS = {
     "frame": dict(fshape=128, tshape=2, fstride=128, tstride=1),
 }
 PRETRAIN_TDIM = 1024  # p_input_tdim of every released model
+FRONTEND_OVERRIDES = ("norm_mean", "norm_std", "remove_mean_first", "pad_then_normalise")  # FbankConfig fields
 OVERRIDES = {"fshape", "tshape", "fstride", "tstride", "window_secs", "target_length", "input_tdim",
-             "model_size", "pooling", "random_init", "num_heads"}
+             "model_size", "pooling", "random_init", "num_heads", "window_mode", *FRONTEND_OVERRIDES}
+WINDOW_MODES = {  # window_mode override -> the pipeline it reproduces
+    "s3prl": "s3prl's ssast expert: 1 s (window_secs) windows, features as (time, n_f * D) rows",
+    "utterance": "SSAST's own pipelines: the whole clip padded/cut to target_length, token features "
+                 "(PSLA fine-tuning in src/run.py; its SUPERB upstream src/finetune/superb/upstream/ast)",
+}
 
 
 def pretrain_encoder_config(token: str, size: str, input_tdim: int = PRETRAIN_TDIM) -> EncoderConfig:
@@ -50,8 +59,16 @@ def pretrain_encoder_config(token: str, size: str, input_tdim: int = PRETRAIN_TD
 
 
 def build_ssast(name: str, token: str, size: str, default_file: str | None, ckpt=None, **overrides) -> Upstream:
-    """SSAST upstream at s3prl's settings, from an official ``.pth``, an astbench checkpoint or scratch."""
+    """SSAST upstream at s3prl's settings, from an official ``.pth``, an astbench checkpoint or scratch.
+
+    ``window_mode='utterance'`` gives SSAST's own pipelines instead (one padded/cut input per clip); the
+    front-end overrides ``norm_mean``, ``norm_std``, ``remove_mean_first``, ``pad_then_normalise`` set
+    what its recipes set (``FbankConfig`` fields; the downstream protocols use them).
+    """
     check_overrides(name, overrides, OVERRIDES)
+    window_mode = overrides.get("window_mode", "s3prl")
+    if window_mode not in WINDOW_MODES:
+        raise ValueError(f"{name}: window_mode must be one of {sorted(WINDOW_MODES)}, got {window_mode!r}")
     geo = {**TOKENS[token], **{k: overrides[k] for k in ("fshape", "tshape", "fstride", "tstride") if k in overrides}}
     path = resolve_checkpoint(name, ckpt, default_file, overrides.get("random_init", False))
     raw = read_checkpoint(path, num_heads=overrides.get("num_heads")) if path is not None else None
@@ -81,8 +98,9 @@ def build_ssast(name: str, token: str, size: str, default_file: str | None, ckpt
     enc_cfg = EncoderConfig.from_dict({**pre.to_dict(), "fstride": geo["fstride"], "tstride": geo["tstride"],
                                        "fshape": geo["fshape"], "tshape": geo["tshape"], "input_tdim": target})
     frontend = FbankConfig.ssast_s3prl(target) if stored is None else replace(stored, target_length=target)
+    frontend = replace(frontend, **{k: overrides[k] for k in FRONTEND_OVERRIDES if k in overrides})
     cfg = UpstreamConfig("ssast", enc_cfg, frontend, window_frames=target,
-                         window_mode="s3prl", pooling=overrides.get("pooling", "mean"))
+                         window_mode=window_mode, pooling=overrides.get("pooling", "mean"))
     model = Upstream(cfg, name)
     if raw is not None:
         load_ssast_weights(model.encoder, raw)
