@@ -50,7 +50,7 @@ from downstream.metrics import esc50_select_runs
 from downstream.predictions import data_base, prediction_rows, write_predictions
 from downstream.datasets import DatasetLayoutError
 from downstream.runner import DownstreamConfig, DownstreamModel, RunConfig
-from downstream.tasks import data_overrides, get_task
+from downstream.tasks import TASKS, data_overrides, get_task
 from downstream.validate import errors, validate_upstream
 from upstream.registry import resolve_builder
 
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--mode", choices=("train", "evaluate", "esc50-select"), default="train")
     p.add_argument("-u", "--upstream", help="registered name or package.module:builder")
-    p.add_argument("-d", "--task", help="downstream task (downstream.tasks.TASKS)")
+    p.add_argument("-d", "--task", help="downstream task: " + ", ".join(sorted(TASKS)))
     p.add_argument("-f", "--finetune", action="store_true", help="fine-tune the upstream with the head")
     p.add_argument("-l", "--layer", type=int, default=None, help="use hidden_states[LAYER] instead of wsum")
     p.add_argument("-n", "--expname", default="")
@@ -300,7 +300,7 @@ def _evaluate_and_record(args, cfg, expdir, data, spec, up, model, device, cache
     if given is not None and given.name != "dev-best.ckpt":  # s3prl's -e FILE: that checkpoint, as named
         ckpt, wa = given, given.name == "wa.ckpt"
     else:
-        wa = cfg.schedule.wa and (expdir / "wa.ckpt").exists()  # recipes.md §6: AS-20K reports the WA model
+        wa = cfg.schedule.wa and (expdir / "wa.ckpt").exists()  # SSAST run_as.sh --wa: AS-20K reports the WA model
         ckpt = expdir / ("wa.ckpt" if wa else "dev-best.ckpt")
     state = runner.load_for_eval(model, ckpt, device, trust_checkpoint=args.trust_checkpoint)
     splits = ["test"] + ([data.selection_split] if data.selection_split != "test" else [])

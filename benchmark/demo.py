@@ -1,13 +1,13 @@
 """The built-in demo: the whole pipeline on a generated corpus, end to end, on a fresh machine.
 
-    python -m benchmark demo              # 2 CPU cores, under 15 minutes
+    python -m benchmark demo              # 2 CPU cores, about 7 minutes
     python -m benchmark demo --large      # the same on a GPU: 10x the data, longer pretraining, more rows
 
 Stages, each resumable (re-running the command skips what is done):
 1. ``benchmark.demo_data.generate``: an unlabeled set plus a keyword task in the Speech Commands v0.02 layout
    and an environmental-sound task in the ESC-50 layout (``<out>/data``).
 2. Pretrain tiny SSAST, MAE-AST and ASiT on the unlabeled set with their ``configs/pretrain/*_mini.yaml``
-   recipes (``run_pretrain.py``), for a few hundred steps.
+   recipes (``run_pretrain.py``): 1,200 steps for SSAST and MAE-AST, 600 for ASiT (``SETTINGS``).
 3. Evaluate each pretrained model and the same architecture from random weights (the from-scratch baseline)
    on both tasks as a frozen probe and fine-tuned (``run_downstream.py`` with ``configs/demo/``), through
    the same suite runner as ``python -m benchmark run``.

@@ -1,7 +1,7 @@
 """SSAST PSLA fine-tuning extras: mixup, SpecAugment, noise, the lr schedule and weight averaging.
 
 Follows YuanGongND/ssast ``src/dataloader.py`` (augmentation) and ``src/traintest.py`` (schedule, warm-up,
-weight averaging), recipes.md §3. Everything is batched on the device and drawn from one seeded
+weight averaging). Everything is batched on the device and drawn from one seeded
 ``torch.Generator``, with no Python loop over clips or frames:
 
 * mixup: clip ``i`` is mixed, with probability ``mixup``, with a partner drawn from its batch (SSAST draws it

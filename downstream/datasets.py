@@ -2,7 +2,7 @@
 
 Each reader checks the layout up front, raises ``DatasetLayoutError`` naming the missing file or the bad
 value, and returns a ``TaskData``: class names, split lists of ``Clip`` records and the hints a runner needs.
-Where each layout and split rule comes from (see also ``recipes.md`` sections 1, 4 and 6):
+Where each layout and split rule comes from:
 
 * ``as20k``: AST/SSAST JSON datafiles + ``class_labels_indices.csv`` (SSAST ``README.md`` Data Preparation,
   ``src/dataloader.py``); train on ``balanced_train_data_type1_2_mean.json`` (SSAST

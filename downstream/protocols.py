@@ -347,7 +347,7 @@ def render(cfg: DownstreamConfig, config_path: str | Path | None = None, overrid
         sources[s.key] = s.source if final == s.value else f"{s.source} [protocol value {s.value!r}, set to " \
                                                            f"{final!r} by -c/-o]"
     if protocol is None:
-        why = ("none: frozen probes have no paper protocol (recipes.md section 0)" if not r.finetune
+        why = ("none: frozen probes have no paper protocol" if not r.finetune
                else "none: no family protocol for this upstream and task")
     else:
         why = f"{protocol.name}: {protocol.pipeline}" + ("" if settings or not protocol.settings

@@ -17,7 +17,7 @@ task                   expected under the data root
 ``manifest``           the data root is the manifest file (CSV or JSONL)
 =====================  ===================================================================================
 
-Losses and metrics follow docs ``recipes.md`` §3/§4/§6: AS-20K is multi-label (BCE, mAP); the SSAST KS2
+Losses and metrics follow the official recipes: AS-20K is multi-label (BCE, mAP); the SSAST KS2
 fine-tuning recipe trains with BCE on one-hot targets (``run_sc.sh`` ``loss=BCE``) while the frozen probe keeps
 s3prl's CE; every other task uses CE and top-1 accuracy.
 
