@@ -154,11 +154,12 @@ def resolve_checkpoint(name: str, ckpt, default_file: str | None, random_init: b
 
         raise FileNotFoundError(
             f"upstream {name!r} needs its checkpoint {default_file!r}: place it at {path} (or set "
-            f"ASTBENCH_CHECKPOINTS), pass ckpt=/--ckpt with its path, or use random_init=True for an "
-            f"untrained model{download_hint(default_file)}"
+            f"ASTBENCH_CHECKPOINTS), pass ckpt=/--ckpt with its path, or use random_init=True (command line: "
+            f"-o upstream_overrides.random_init=true) for an untrained model{download_hint(default_file)}"
         )
     raise FileNotFoundError(f"upstream {name!r} has no released checkpoint: pass ckpt=/--ckpt (e.g. one "
-                            f"pretrained with run_pretrain.py) or random_init=True")
+                            f"pretrained with run_pretrain.py) or random_init=True (command line: "
+                            f"-o upstream_overrides.random_init=true)")
 
 
 def check_overrides(name: str, overrides: dict, allowed: set[str]) -> None:
