@@ -46,7 +46,7 @@ from benchmark.config import (ConfigError, config_from_dict, config_to_dict, ens
 from downstream import protocols, rundir, runner
 from downstream.cache import CACHE_ENV, FeatureCache, default_cache_dir
 from downstream.distributed import setup_distributed
-from downstream.metrics import esc50_select_runs
+from downstream.metrics import esc50_select_runs, evaluation_report
 from downstream.predictions import data_base, prediction_rows, write_predictions
 from downstream.datasets import DatasetLayoutError
 from downstream.runner import DownstreamConfig, DownstreamModel, RunConfig
@@ -311,6 +311,9 @@ def _evaluate_and_record(args, cfg, expdir, data, spec, up, model, device, cache
         loader = runner.build_loader(data, spec, split, up.sample_rate, cfg.runner, r.seed, cache)
         logits, targets, uids = runner.predict(model, loader, device, desc=f"{split} ({ckpt.name})")
         value = runner.score(logits, targets, spec)[spec.metric]
+        # what the score means: majority / chance baselines, per-class scores, and a warning on a collapse
+        report = evaluation_report(logits, targets, [c.label for c in data.splits["train"]], data.classes,
+                                   data.multilabel)
         # per-clip predictions beside the run (error analysis), rewritten by each evaluation of this split
         write_predictions(expdir / f"predictions.{split}.jsonl",
                           prediction_rows(logits, targets, uids, data, split, spec.loss_for(r.finetune), base))
@@ -320,9 +323,14 @@ def _evaluate_and_record(args, cfg, expdir, data, spec, up, model, device, cache
             ckpt_sha256=getattr(up, "checkpoint_sha256", None) or rundir.checkpoint_sha256(r.ckpt),  # plug-ins too
             metric=spec.metric, value=float(value), fold=r.fold, mode="finetune" if r.finetune else "frozen",
             layer=r.layer, seed=r.seed, config=config_dict, expname=r.expname, step=state["step"],
-            label=r.label, dataset=data.identity(up.sample_rate)), args.results, unique=True)
+            label=r.label, dataset=data.identity(up.sample_rate), baselines=report["baselines"],
+            per_class=report["per_class"], predictions=report["predictions"]), args.results, unique=True)
         note = "" if written else f" (already in {args.results}, not appended again)"
-        print(f"{r.expname}: {split} {spec.metric} = {value:.4f} (step {state['step']}{how}){note}")
+        bl = report["baselines"]
+        print(f"{r.expname}: {split} {spec.metric} = {value:.4f} (step {state['step']}{how}), baselines: majority "
+              f"{bl['majority']:.4f}, chance {bl['chance']:.4f}{note}")
+        if report["warning"]:
+            print(f"warning: {r.expname}: {split}: {report['warning']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python run_pretrain.py -u ssast_patch -c configs/pretrain/ssast_patch_400.yaml --data DIR_OR_MANIFEST \\
         -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu] [--fbank-cache DIR]
+        [--probe folder --probe-data-root LABELLED_DIR -o probe_every=200]
     torchrun --nproc_per_node 4 run_pretrain.py ...          # DDP: batch_size stays the global batch
 
 Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``losses.jsonl``, ``tb/`` and, once the
@@ -11,6 +12,12 @@ without ``--resume``, nor with another configuration; ``--resume`` refuses chang
 key is named) unless ``--allow-config-change``. SIGTERM / Ctrl-C: ``last.ckpt`` is saved after the step under
 way (at the next ``log_every`` step under torchrun), no ``upstream.pt`` is written, and the exit code says
 so; ``--resume`` continues exactly.
+
+``--probe TASK`` watches the representation learn: at step 0 (the random initialisation) and every
+``probe_every`` steps, a k-NN probe (``downstream.knn``: k=20 cosine neighbours, DINO's weighted vote) scores the
+encoder's frozen clip features of the task's test split against its train split (at most ``--probe-clips`` of
+each); ``losses.jsonl`` gets a ``{"step", "probe": {"knn_accuracy", "majority", "chance", ...}}`` line and
+tensorboard ``probe/knn_accuracy``. Any single-label task ``run_downstream.py -d`` reads will do.
 
 Exit codes: 0 done (``max_steps`` or ``--stop-at-step`` reached), 1 non-finite loss (the last good checkpoint,
 if any, kept), 2 bad arguments, config, data or run folder (one ``error:`` line), 128 + the signal's number
@@ -69,6 +76,21 @@ def resolve_config(args: argparse.Namespace) -> PretrainConfig:
     return cfg
 
 
+def make_probe(args: argparse.Namespace, rank: int):
+    """The ``--probe`` callback (``downstream.knn.KnnProbe``), or None. Only rank 0 reads the data and probes;
+    the other ranks get a stand-in so that every rank syncs at the same probe steps."""
+    if not args.probe:
+        return None
+    if rank != 0:
+        return lambda objective, step: {}
+    from downstream.knn import KnnProbe  # the CLI joins the two packages; upstream never imports downstream
+
+    try:
+        return KnnProbe(args.probe, args.probe_data_root, max_clips=args.probe_clips)
+    except ValueError as err:  # unknown or multi-label task, a data layout error (DatasetLayoutError)
+        raise ConfigError(f"--probe {args.probe}: {' '.join(str(err).split())}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-u", "--upstream",
@@ -92,15 +114,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fbank-cache", metavar="DIR",
                    help="precompute the recipe's fbank of every file once into DIR (memory-mapped shards) and "
                         "train on crops of it instead of decoding audio (= -o data.fbank_cache=DIR)")
+    p.add_argument("--probe", metavar="TASK", help="k-NN probe of the encoder on this labelled task (e.g. folder) "
+                   "at step 0 and every probe_every steps, to losses.jsonl and tensorboard")
+    p.add_argument("--probe-data-root", metavar="DIR", help="the --probe task's data (default $ASTBENCH_DATA)")
+    p.add_argument("--probe-clips", type=int, default=512, metavar="N",
+                   help="--probe: at most N clips of the train and of the test split (default 512)")
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.allow_config_change and not args.resume:
         p.error("--allow-config-change only applies with --resume")
+    if (args.probe_data_root is not None or args.probe_clips != 512) and not args.probe:
+        p.error("--probe-data-root / --probe-clips only apply with --probe TASK")
     try:
-        result = pretrain(resolve_config(args), resume=args.resume, stop_at_step=args.stop_at_step,
-                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint)
+        cfg = resolve_config(args)
+        probe = make_probe(args, rank)
+        result = pretrain(cfg, resume=args.resume, stop_at_step=args.stop_at_step,
+                          allow_config_change=args.allow_config_change, trust_checkpoint=args.trust_checkpoint,
+                          probe=probe)
     except (ConfigError, DataError) as err:
         print(f"run_pretrain.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

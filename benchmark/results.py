@@ -55,6 +55,14 @@ class ResultRecord:
     # the data scored (downstream.datasets.TaskData.identity): name, root, file-list and split hashes, native
     # sample rates, skipped files, training crop; {} in records written before it existed
     dataset: dict = field(default_factory=dict)
+    # what the score means (downstream.metrics.evaluation_report); {} in records written before they existed:
+    # {"majority", "majority_class", "chance"}: always answering the most common train class, and 1/C
+    baselines: dict = field(default_factory=dict)
+    # class name -> accuracy of its clips (single-label) or its AP (multi-label); None where it has none
+    per_class: dict = field(default_factory=dict)
+    # how the top-1 predictions spread: {"clips", "distinct", "top_class", "top_share", "target_share",
+    # "collapsed"}
+    predictions: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in ("frozen", "finetune"):

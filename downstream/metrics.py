@@ -9,6 +9,12 @@ Definitions follow the code that produced the papers' numbers, so that our table
   as ``np.mean([stat['AP'] ...])`` in SSAST ``src/utilities/stats.py``.
 * ``roc_auc`` / ``mean_auc`` / ``d_prime``: scikit-learn's ``roc_auc_score`` (tied scores earn half credit)
   and AST's ``d_prime(auc) = sqrt(2) * Phi^-1(auc)`` computed from the mean AUC.
+* ``class_baselines`` / ``per_class_scores`` / ``prediction_spread`` / ``evaluation_report``: what a score
+  means, so a collapsed model is seen at once. The majority baseline is the accuracy, on the evaluated split,
+  of always answering the most common *training* class; chance is ``1 / num_classes``. For multi-label mAP
+  both are the mAP of a scorer that ranks every clip the same (all ties), i.e. each class's positive rate on
+  the split, averaged over the classes with a positive: a constant per-class score (the training frequency)
+  is no better than chance there.
 * ``esc50_select_epoch``: SSAST ``src/finetune/esc50/get_esc_result.py``: one epoch for all folds, the argmax
   of the fold-averaged test-accuracy curve.
 
@@ -44,7 +50,17 @@ __all__ = [
     "fold_mean_std",
     "esc50_select_epoch",
     "esc50_select_runs",
+    "class_baselines",
+    "per_class_scores",
+    "prediction_spread",
+    "collapse_warning",
+    "evaluation_report",
+    "COLLAPSE_SHARE",
 ]
+
+# More than this fraction of the predictions on one class (which is not that common in the targets) is
+# reported as a collapse: the symptom of a head or fine-tuned model that learned only the prior.
+COLLAPSE_SHARE = 0.95
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -334,3 +350,166 @@ def esc50_select_runs(run_dirs: Sequence[str | Path]) -> dict:
     index, mean = esc50_select_epoch([[c[s] for s in steps] for c in curves])
     return {"step": steps[index], "mean_accuracy": mean, "fold_accuracies": [c[steps[index]] for c in curves],
             "runs": [str(d) for d in run_dirs]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What a score means: baselines, per-class scores, collapse
+# ----------------------------------------------------------------------------------------------------------
+def _class_indices(labels: Any, num_classes: int) -> np.ndarray:
+    """``(N,)`` class indices of ``(N,)`` indices or ``(N, C)`` one-hot / scores (argmax)."""
+    y = _to_numpy(labels)
+    y = y.argmax(axis=-1) if y.ndim == 2 else y
+    y = y.astype(np.int64).reshape(-1)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"class indices must lie in 0..{num_classes - 1}, got {y.min()}..{y.max()}")
+    return y
+
+
+def _multi_hot(labels: Any, num_classes: int) -> np.ndarray:
+    """``(N, C)`` multi-hot of an ``(N, C)`` array or of a list of index lists (``Clip.label`` of AS-20K)."""
+    if isinstance(labels, Sequence) and not isinstance(labels, np.ndarray) and labels and \
+            isinstance(labels[0], (list, tuple)):
+        out = np.zeros((len(labels), num_classes), dtype=np.float64)
+        for i, idx in enumerate(labels):
+            out[i, list(idx)] = 1.0
+        return out
+    y = _to_numpy(labels).astype(np.float64)
+    if y.ndim != 2 or y.shape[1] != num_classes:
+        raise ValueError(f"multi-label targets must be (N, {num_classes}), got shape {y.shape}")
+    return y
+
+
+def class_baselines(train_labels: Any, targets: Any, num_classes: int,
+                    multilabel: bool = False) -> dict[str, float | int | None]:
+    """The scores a model must beat to have learned anything from the audio.
+
+    Args:
+        train_labels: the training split's labels: ``(M,)`` class indices, or for ``multilabel`` ``(M, C)``
+            multi-hot or a list of index lists.
+        targets: the evaluated split's labels: ``(N,)`` indices or ``(N, C)`` one-hot / multi-hot.
+        num_classes: C.
+        multilabel: score as mAP (AS-20K) rather than accuracy.
+
+    Returns:
+        ``{"majority", "majority_class", "chance"}``. Single-label: ``majority`` is the accuracy on the split of
+        always answering ``majority_class``, the most common training class (the lowest index on ties);
+        ``chance`` is ``1 / C``. Multi-label: both are the mAP of constant scores (mean positive rate over the
+        classes with a positive on the split) and ``majority_class`` is None.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if multilabel:
+        y = _multi_hot(targets, num_classes)
+        rate = y.mean(axis=0) if y.shape[0] else np.zeros(num_classes)
+        present = y.sum(axis=0) > 0
+        value = float(rate[present].mean()) if present.any() else math.nan
+        return {"majority": value, "majority_class": None, "chance": value}
+    train = _class_indices(train_labels, num_classes)
+    if train.size == 0:
+        raise ValueError("class_baselines needs at least one training label")
+    majority_class = int(np.bincount(train, minlength=num_classes).argmax())
+    y = _class_indices(targets, num_classes)
+    majority = float((y == majority_class).mean()) if y.size else math.nan
+    return {"majority": majority, "majority_class": majority_class, "chance": 1.0 / num_classes}
+
+
+def per_class_scores(scores: Any, targets: Any, multilabel: bool = False) -> np.ndarray:
+    """Accuracy of each class (the fraction of its clips predicted as it: its recall), or its AP.
+
+    Args:
+        scores: ``(N, C)`` logits / scores.
+        targets: ``(N,)`` indices or ``(N, C)`` one-hot; ``(N, C)`` multi-hot for ``multilabel``.
+
+    Returns:
+        ``(C,)`` float64; NaN for a class without clips (accuracy) or positives (AP) in ``targets``.
+    """
+    s = _to_numpy(scores)
+    if s.ndim != 2:
+        raise ValueError(f"per_class_scores expects (N, C) scores, got shape {s.shape}")
+    if multilabel:
+        return per_class_ap(s, targets)
+    num_classes = s.shape[1]
+    pred, y = s.argmax(axis=-1), _class_indices(targets, num_classes)
+    if pred.shape != y.shape:
+        raise ValueError(f"per_class_scores: {pred.shape[0]} predictions for {y.shape[0]} targets")
+    hits = np.bincount(y, weights=(pred == y).astype(np.float64), minlength=num_classes)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, hits / np.maximum(counts, 1), math.nan)
+
+
+def prediction_spread(scores: Any, targets: Any | None = None) -> dict[str, float | int]:
+    """How the top-1 predictions spread over the classes.
+
+    Args:
+        scores: ``(N, C)`` logits / scores (top-1 = argmax, also for a multi-label model).
+        targets: optional ``(N,)`` indices or ``(N, C)`` labels; gives ``target_share``.
+
+    Returns:
+        ``{"clips", "distinct", "top_class", "top_share"}``: N, the number of distinct predicted classes, the
+        most predicted class and its fraction of the N predictions; with ``targets`` also ``target_share``, the fraction of
+        clips whose label (one of whose labels, multi-label) is ``top_class``.
+    """
+    s = _to_numpy(scores)
+    if s.ndim != 2 or s.shape[0] == 0:
+        raise ValueError(f"prediction_spread expects non-empty (N, C) scores, got shape {s.shape}")
+    counts = np.bincount(s.argmax(axis=-1), minlength=s.shape[1])
+    top = int(counts.argmax())
+    out: dict[str, float | int] = {"clips": int(s.shape[0]), "distinct": int((counts > 0).sum()),
+                                   "top_class": top, "top_share": float(counts[top] / s.shape[0])}
+    if targets is not None:
+        y = _to_numpy(targets)
+        out["target_share"] = float((y[:, top] > 0).mean() if y.ndim == 2 else (y == top).mean())
+    return out
+
+
+def collapse_warning(spread: dict, class_names: Sequence[str] | None = None,
+                     share: float = COLLAPSE_SHARE) -> str | None:
+    """A one-line warning when the predictions fall on one class, else None.
+
+    Collapsed: one distinct prediction over two clips or more, or more than ``share`` of them on one class,
+    unless that class is itself at least that common among the targets (``spread["target_share"]``; then
+    predicting it is what a good model does too).
+    """
+    n_top = spread["top_share"]
+    if spread.get("clips", 2) < 2:  # one clip always has one predicted class
+        return None
+    if spread.get("target_share", 0.0) >= share and spread["distinct"] > 1:
+        return None
+    if spread["distinct"] > 1 and n_top <= share:
+        return None
+    name = class_names[spread["top_class"]] if class_names is not None else str(spread["top_class"])
+    where = f" (it is {spread['target_share']:.1%} of the labels)" if "target_share" in spread else ""
+    return (f"collapsed predictions: {n_top:.1%} of the clips are predicted as class {name!r}{where}, "
+            f"{spread['distinct']} distinct class(es) predicted; the model has likely learned only the prior")
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
+def evaluation_report(scores: Any, targets: Any, train_labels: Any, class_names: Sequence[str],
+                      multilabel: bool = False) -> dict:
+    """Everything an evaluation record carries beside its score (``run_downstream.py`` writes it).
+
+    Args:
+        scores: ``(N, C)`` logits.
+        targets: ``(N,)`` indices or ``(N, C)`` multi-hot.
+        train_labels: the training split's labels (see :func:`class_baselines`).
+        class_names: the C class names.
+        multilabel: AS-20K-style task (per-class AP instead of per-class accuracy).
+
+    Returns:
+        ``{"baselines": {"majority", "majority_class", "chance"}, "per_class": {name: accuracy or AP or None},
+        "predictions": {"clips", "distinct", "top_class", "top_share", "target_share", "collapsed"}, "warning"}``;
+        class indices are given as names, undefined values (a class absent from the split) as None.
+    """
+    num_classes = len(class_names)
+    base = class_baselines(train_labels, targets, num_classes, multilabel)
+    if base["majority_class"] is not None:
+        base["majority_class"] = class_names[base["majority_class"]]
+    per_class = dict(zip(class_names, _nan_to_none(per_class_scores(scores, targets, multilabel))))
+    spread = prediction_spread(scores, targets)
+    warning = collapse_warning(spread, class_names)
+    predictions = {**spread, "top_class": class_names[spread["top_class"]], "collapsed": warning is not None}
+    return {"baselines": base, "per_class": per_class, "predictions": predictions, "warning": warning}

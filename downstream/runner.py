@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from benchmark.config import temp_path
+from upstream.pretrain import fused_adam_supported
 from upstream.safe_load import load_checkpoint_file
 
 from . import metrics
@@ -227,7 +228,7 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch
 def build_optimizer(model: DownstreamModel, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Adam:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
+                            fused=fused_adam_supported(device))  # one kernel per update, CPU included
 
 
 def _dataset(data: TaskData, split: str, sample_rate: int, train: bool, seed: int, cache: FeatureCache | None):
@@ -358,8 +359,13 @@ def score(logits: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> dict:
 
 def evaluate(model: DownstreamModel, loader: DataLoader, spec: TaskSpec, device: torch.device,
              desc: str = "evaluating") -> dict:
-    """-> ``{spec.metric: value}`` over the whole loader."""
+    """-> ``{spec.metric: value}`` over the whole loader. Says so (on stdout, with the training log) when the
+    predictions fall on one class (``metrics.collapse_warning``): a collapse shows while training, not only
+    in the records, whose final evaluation warns on stderr."""
     logits, target, _ = predict(model, loader, device, desc)
+    warning = metrics.collapse_warning(metrics.prediction_spread(logits, target)) if len(logits) else None
+    if warning:
+        print(f"warning: {desc}: {warning}")
     return score(logits, target, spec)
 
 

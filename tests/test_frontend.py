@@ -216,6 +216,31 @@ def test_batch_reuses_cached_constants() -> None:
     assert frontend._feature_window.cache_info().hits == windows.hits + 1
 
 
+@pytest.mark.parametrize("snip_edges", [True, False])
+@pytest.mark.parametrize("block_rows", [40, 250])  # 40: blocks of frames within a clip; 250: whole clips
+def test_blocked_passes_are_bit_identical_to_one_pass(snip_edges: bool, block_rows: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU batches are cut into cache-sized blocks; every value must equal the one-pass result exactly."""
+    lengths = torch.tensor([16000, 300, 4321, 0, 401, 9999])  # up to 99 frames: several blocks either way
+    waves = torch.randn(len(lengths), 16000, generator=torch.Generator().manual_seed(1)) * 0.1
+    opts = dict(num_mel_bins=40, use_energy=True, raw_energy=False, subtract_mean=True, snip_edges=snip_edges,
+                dither=0.5)
+    monkeypatch.setattr(frontend, "CPU_FBANK_BLOCK_BYTES", 2**40)
+    whole, counts = kaldi_fbank_batch(waves, lengths, generator=torch.Generator().manual_seed(2), **opts)
+    monkeypatch.setattr(frontend, "CPU_FBANK_BLOCK_BYTES", block_rows * 512 * 4)  # 512-point FFT, float32
+    assert frontend.fbank_chunk_frames(torch.device("cpu"), 512, torch.float32) == block_rows
+    blocked, counts2 = kaldi_fbank_batch(waves, lengths, generator=torch.Generator().manual_seed(2), **opts)
+    assert torch.equal(counts, counts2) and blocked.shape == whole.shape == (6, int(counts.max()), 41)
+    assert torch.equal(blocked, whole)  # dither included: the noise is drawn once for the whole batch
+
+
+def test_block_size_by_device() -> None:
+    # CPU: a 1 MiB FFT buffer (a 512-point float32 frame is 2 KiB); elsewhere one pass up to 1 GiB
+    assert frontend.fbank_chunk_frames(torch.device("cpu"), 512, torch.float32) == 512
+    assert frontend.fbank_chunk_frames(torch.device("cpu"), 1024, torch.float64) == 128
+    assert frontend.fbank_chunk_frames(torch.device("cuda"), 512, torch.float32) == 2**19
+
+
 def test_dither_is_random_but_seeded() -> None:
     silence = torch.zeros(2, 8000)
     quiet, _ = kaldi_fbank_batch(silence)
