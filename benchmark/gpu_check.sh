@@ -6,7 +6,7 @@
 #
 #   benchmark/gpu_check.sh [OUT] [extra options of `python -m benchmark.speed all`]
 #   e.g. benchmark/gpu_check.sh speed-h200 --data /path/to/audio      # adds the 'with decoding' rows
-#        benchmark/gpu_check.sh /tmp/speed --device cpu --size mini --compile off    # a smoke run on a CPU
+#        benchmark/gpu_check.sh speed-smoke --device cpu --size mini --compile off    # a smoke run on a CPU
 #
 # Sized to finish in about 8 minutes on one H100/H200; a figure that fails (OOM, a compiler error) is listed under
 # "Errors" and the others still run. Exit status 1 when any figure is missing. PYTHON picks the interpreter.
