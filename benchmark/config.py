@@ -21,7 +21,6 @@ import dataclasses
 import difflib
 import json
 import os
-import secrets
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from upstream.cache_files import tmp_path, write_atomic
 
 __all__ = ["ConfigError", "check_run_dir", "config_diff", "config_from_dict", "config_to_dict", "dump_config",
            "ensure_writable_dir", "load_config", "merge_config", "os_reason", "parse_override", "read_saved_config",
@@ -383,10 +384,19 @@ _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,20
 
 
 def temp_path(path: str | os.PathLike) -> Path:
-    """A temporary name next to ``path``, unique per writer (pid + random suffix): two processes writing the
-    same file at once each rename their own complete copy into place, never each other's half-written one."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """A temporary name next to ``path``, unique per writer (host + pid + random suffix): two processes writing
+    the same file at once each rename their own complete copy into place, never each other's half-written one."""
+    return tmp_path(Path(path))
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the lines of a ``{"step": ...}`` log up to ``step``, atomically: a run that resumes from a checkpoint
+    redoes the steps logged after it (pretraining's ``losses.jsonl``, a downstream run's ``evals.jsonl``)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+             if ln.strip() and json.loads(ln)["step"] <= step]
+    write_atomic(path, "".join(ln + "\n" for ln in lines))
 
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> None:
@@ -394,21 +404,16 @@ def dump_config(cfg: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text)
 
 
 # ------------------------------------------------------------------------------------------ run folders
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves (tuples compared as lists)."""
     if isinstance(tree, Mapping) and tree:
         out: dict[str, Any] = {}
         for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): config_to_dict(tree)}
 
@@ -423,7 +428,7 @@ def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = ()) ->
     ['run.seed was 1, now 7']
     """
     ignore = tuple(ignore)
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_config(saved), flatten_config(current)
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == i or key.startswith(i + ".") for i in ignore):

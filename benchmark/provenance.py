@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from . import results
+from .config import flatten_config
 from .published import PaperTable, Row, RunSpec
 
 __all__ = ["NOT_PROTOCOL", "Expected", "Provenance", "UserRow", "Verdict", "load_user_rows", "user_rows_from_labels"]
@@ -260,17 +261,8 @@ _MISSING = object()
 
 def protocol(config: Mapping) -> dict[str, Any]:
     """A resolved config flattened to dotted keys, without :data:`NOT_PROTOCOL`."""
-    flat = _flatten(json.loads(json.dumps(config, default=str)))
+    flat = flatten_config(json.loads(json.dumps(config, default=str)))
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_PROTOCOL)}
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping) and tree:
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): tree}
 
 
 def _canon(value: Any) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from benchmark.config import temp_path
+from benchmark.config import temp_path, truncate_jsonl
 from upstream.pretrain import fused_adam_supported
 from upstream.safe_load import load_checkpoint_file
 
@@ -391,23 +391,6 @@ def check_state_shapes(model: nn.Module, state: dict, path: Path) -> None:
                              f"upstream?)")
 
 
-def _truncate_evals(path: Path, step: int) -> None:
-    """Keep ``evals.jsonl`` lines up to ``step``: a run stopped after an evaluation but before its ``last.ckpt``
-    redoes those steps, and a restarted run begins with none."""
-    import json
-
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-             if ln.strip() and json.loads(ln)["step"] <= step]
-    tmp = temp_path(path)
-    try:
-        tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -459,7 +442,7 @@ def fit(model: DownstreamModel, data: TaskData, spec: TaskSpec, cfg: DownstreamC
             wa.load_state_dict(state["wa"])
         log(f"resumed from {expdir / 'last.ckpt'} at step {step}")
     if main:
-        _truncate_evals(expdir / "evals.jsonl", step)
+        truncate_jsonl(expdir / "evals.jsonl", step)
     batches = iter(train_loader(data, spec, sr, rc, cfg.run.seed, step, dist_ctx, cache))
     loss_kind, sel = spec.loss_for(cfg.run.finetune), data.selection_split
     lr_at = lambda s: cfg.optimizer.lr * lr_factor(s, rc.eval_step, cfg.schedule)  # noqa: E731

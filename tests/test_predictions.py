@@ -95,7 +95,7 @@ def test_every_reported_evaluation_writes_its_predictions(tmp_path):
     before = (run / "predictions.test.jsonl").read_text()
     assert run_downstream.main(["-m", "evaluate", "-e", str(run), "--results", str(tmp_path / "r2.jsonl")]) == 0
     assert (run / "predictions.test.jsonl").read_text() == before  # re-evaluation rewrites the same file
-    assert not list(run.glob(".*.tmp"))
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("task", ["esc50", "iemocap"])

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from benchmark.config import (ConfigError, check_run_dir, config_to_dict, dump_config, ensure_writable_dir,
-                              run_dir_lock, temp_path)
+                              run_dir_lock, temp_path, truncate_jsonl)
 
 from .checkpoint import CheckpointError, save_upstream
 from .safe_load import load_checkpoint_file
@@ -929,7 +929,7 @@ class _Reporter:
             return
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
-        _truncate_losses(out / "losses.jsonl", start)
+        truncate_jsonl(out / "losses.jsonl", start)
         self.file = open(out / "losses.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -995,17 +995,3 @@ def _check_resumable(ckpt: dict, cfg: PretrainConfig, world: int, num_files: int
     if ckpt["num_files"] != num_files:
         log.warning("the data now has %d files, the checkpoint saw %d: the data order changes from here",
                     num_files, ckpt["num_files"])
-
-
-def _truncate_losses(path: Path, step: int) -> None:
-    """Keep lines up to ``step`` (a run killed after its last checkpoint logged steps it will redo)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-             if ln.strip() and json.loads(ln)["step"] <= step]
-    tmp = temp_path(path)
-    try:
-        tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
