@@ -20,13 +20,17 @@ from .interface import Upstream, UpstreamConfig
 def parse_objective_config(cls, cfg: dict, family: str):
     """Build dataclass ``cls`` from ``cfg`` (minus ``family``), naming any unknown key."""
     cfg = {k: v for k, v in cfg.items() if k != "family"}
-    known = {f.name for f in fields(cls)}
-    for key in cfg:
+    _refuse_unknown(cfg, {f.name for f in fields(cls)}, f"{family} objective key")
+    return cls(**cfg)
+
+
+def _refuse_unknown(keys, known: set[str], what: str) -> None:
+    """ValueError naming the first key of ``keys`` not in ``known``, with the closest known name."""
+    for key in keys:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown {family} objective key {key!r}{hint}; known: {sorted(known)}")
-    return cls(**cfg)
+            raise ValueError(f"unknown {what} {key!r}{hint}; known: {sorted(known)}")
 
 
 class Objective(nn.Module):
@@ -113,10 +117,5 @@ def override_encoder(cfg: EncoderConfig, overrides: dict, family: str) -> Encode
     if not isinstance(overrides, dict):
         raise ValueError(f"{family} objective key 'encoder' must be a mapping of EncoderConfig fields, "
                          f"got {overrides!r}")
-    known = {f.name for f in fields(EncoderConfig)}
-    for key in overrides:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown {family} objective encoder key {key!r}{hint}; known: {sorted(known)}")
+    _refuse_unknown(overrides, {f.name for f in fields(EncoderConfig)}, f"{family} objective encoder key")
     return EncoderConfig.from_dict({**cfg.to_dict(), **overrides})
