@@ -41,11 +41,11 @@ import yaml
 import upstream as upstreams
 from astbench.resources import config_path, shipped_path
 from benchmark import results
-from benchmark.config import (ConfigError, config_from_dict, config_to_dict, ensure_writable_dir, load_config,
+from common.config import (ConfigError, config_from_dict, config_to_dict, ensure_writable_dir, load_config,
                               run_dir_lock)
 from downstream import protocols, rundir, runner
 from downstream.cache import CACHE_ENV, FeatureCache, default_cache_dir
-from downstream.distributed import setup_distributed
+from common.distributed import setup_distributed
 from downstream.metrics import esc50_select_runs, evaluation_report
 from downstream.predictions import data_base, prediction_rows, write_predictions
 from downstream.datasets import DatasetLayoutError

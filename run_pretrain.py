@@ -1,4 +1,4 @@
-"""Pretrain an SSAST / MAE-AST / ASiT encoder on unlabeled audio (the loop is ``upstream/pretrain.py``).
+"""Pretrain an SSAST / MAE-AST / ASiT encoder on unlabeled audio (the loop is ``pretrain/engine.py``).
 
     python run_pretrain.py -u ssast_patch -c configs/pretrain/ssast_patch_400.yaml --data DIR_OR_MANIFEST \\
         -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu] [--fbank-cache DIR]
@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 
 from astbench.resources import config_path, shipped_path
-from benchmark.config import ConfigError, load_config
-from upstream.pretrain import DataError, NonFiniteLossError, PretrainConfig, pretrain
+from common.config import ConfigError, load_config
+from pretrain.engine import DataError, NonFiniteLossError, PretrainConfig, pretrain
 
 RECIPES = config_path("pretrain")  # shipped with the package: found from any folder
 SHORTCUTS = {  # -u name: (objective defaults, default recipe)

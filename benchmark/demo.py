@@ -26,7 +26,7 @@ from pathlib import Path
 
 from astbench.resources import config_path
 
-from .config import temp_path
+from common.config import temp_path
 from .demo_data import DemoSize
 from .published import Column, PaperTable, Row, RunSpec
 

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from . import results
-from .config import flatten_config
+from common.config import flatten_config
 from .published import PaperTable, Row, RunSpec
 
 __all__ = ["NOT_PROTOCOL", "Expected", "Provenance", "UserRow", "Verdict", "load_user_rows", "user_rows_from_labels"]
@@ -179,7 +179,7 @@ class Provenance:
     def _resolve(self, run: RunSpec, task: str, mode: str, user: bool) -> dict:
         import run_downstream
 
-        from .config import config_to_dict
+        from common.config import config_to_dict
         from .suites import FOLDS, Job, SuiteOptions, downstream_argv
 
         fold = FOLDS.get(task, (None,))[0]

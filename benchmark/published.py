@@ -292,7 +292,7 @@ def _run(data: Any, path: Path, where: str) -> RunSpec | None:
 def _check_run(spec: RunSpec, where: str) -> None:
     """Check ``spec`` against the project: upstream registered, recipe present, every override known."""
     import upstream
-    from benchmark.config import ConfigError, load_config
+    from common.config import ConfigError, load_config
     from downstream.runner import DownstreamConfig
 
     names = upstream.list_upstreams()
@@ -309,11 +309,11 @@ def _check_run(spec: RunSpec, where: str) -> None:
 
 def _check_pretrain(spec: RunSpec, where: str) -> None:
     from run_pretrain import SHORTCUTS
-    from benchmark.config import ConfigError, load_config
+    from common.config import ConfigError, load_config
     from upstream.asit import ASiTPretrainConfig
     from upstream.mae_ast import MAEASTPretrainConfig
     from upstream.objective import parse_objective_config
-    from upstream.pretrain import PretrainConfig
+    from pretrain.engine import PretrainConfig
     from upstream.ssast import SSASTPretrainConfig
 
     recipe = shipped_path(spec.pretrain, prefer_shipped=True).resolve()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import os_reason
+from common.config import os_reason
 
 try:
     import fcntl

@@ -34,7 +34,7 @@ import torch
 
 import upstream
 from astbench.resources import config_path
-from benchmark.config import temp_path
+from common.config import temp_path
 from upstream.frontend import kaldi_fbank, kaldi_fbank_batch
 
 BASE_UPSTREAMS = ["ssast_patch_400", "ssast_frame_400", "mae_ast_patch", "mae_ast_frame", "asit_base"]
@@ -235,8 +235,8 @@ def _parse_batch_sizes(items: list[str], size: str) -> dict[str, int]:
 
 
 def _build(method: str, size: str, device: torch.device):
-    from benchmark.config import load_config
-    from upstream.pretrain import PretrainConfig, build_objective
+    from common.config import load_config
+    from pretrain.engine import PretrainConfig, build_objective
 
     recipe = PRETRAIN_RECIPES[method][0 if size == "base" else 1]
     cfg = load_config(PretrainConfig, RECIPES / f"{recipe}.yaml")
@@ -271,7 +271,7 @@ def bench_pretrain_step(method: str, size: str, device: str, batch: int, steps: 
     batched fbank -> step) and, with ``data``, ``with decoding`` (files decoded by DataLoader workers).
     """
     from upstream.frontend import Fbank
-    from upstream.pretrain import _make_optimizer
+    from pretrain.engine import _make_optimizer
 
     dev = torch.device(device)
     cfg, objective = _build(method, size, dev)
@@ -321,7 +321,7 @@ def _decoding_path(objective, cfg, data: str, batch: int, total_steps: int, work
     """A step fed by the pretraining DataLoader (decode, crop, collate in workers), not fixed waveforms."""
     from torch.utils.data import DataLoader
 
-    from upstream.pretrain import StepBatchSampler, UnlabeledAudio, collate_views, list_audio_files
+    from pretrain.engine import StepBatchSampler, UnlabeledAudio, collate_views, list_audio_files
 
     files = list_audio_files(data, cfg.data.min_secs)
     fe = objective.frontend

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from astbench.resources import shipped_path
 
 from . import results
-from .config import temp_path
+from common.config import temp_path
 from .published import PaperTable, RunSpec, get_table, load_tables
 
 FOLDS = {"esc50": (1, 2, 3, 4, 5), "iemocap": (1, 2, 3, 4, 5)}
@@ -153,7 +153,7 @@ def ensure_pretrained(run: RunSpec, opts: SuiteOptions, log: Callable[[str], Non
 def pretrain_data(run: RunSpec, opts: SuiteOptions, out: Path) -> str:
     """The ``--data`` of ``run``'s pretraining: the sweep's default, the one corpus the row names, or for several
     corpora a JSONL manifest of all their audio files written next to the run (``<out>.data.jsonl``)."""
-    from upstream.pretrain import list_audio_files
+    from pretrain.engine import list_audio_files
 
     if not run.pretrain_data:
         if not opts.pretrain_data:
@@ -233,7 +233,7 @@ def run_name(job: Job, opts: SuiteOptions) -> str:
     resuming or skipping one made with other settings."""
     import run_downstream
 
-    from .config import config_to_dict
+    from common.config import config_to_dict
 
     cfg, _ = run_downstream.resolve_config(run_downstream.parse_args(downstream_argv(job, None, opts, "x")))
     config = config_to_dict(cfg)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .distributed import StepBatchSampler
+from common.distributed import StepBatchSampler
 
 
 def length_batches(secs: Sequence[float | None], indices: Sequence[int], batch_size: int,

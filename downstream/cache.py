@@ -26,7 +26,7 @@ Stored features, float16 (half the space of float32; the probe's logits move by 
 * ``last_hidden_state``: ``(T, 1, H)``; ``clip`` (the PSLA head's pooled token): ``(1, 1, D)``.
 
 Several processes may share a cache (two probes of one upstream at once, DDP ranks, a suite's jobs), so
-(see ``upstream.cache_files``):
+(see ``common.files``):
 
 * each writer writes to temporary files of its own (``<file>.<host>.<pid>.<random>.tmp``), renamed into place
   (``os.replace``), the metadata JSON last: an interrupted build leaves no metadata and is rebuilt, and the
@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from upstream.cache_files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps,
+from common.files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps,
                                   tmp_path, write_atomic)
 
 from .batching import length_batches

@@ -6,7 +6,7 @@ their class with weight ``exp(similarity / T)``, and the class with the largest 
 probe costs one forward pass over a few hundred clips and can run every few hundred pretraining steps.
 
 ``run_pretrain.py --probe TASK --probe-data-root DIR`` builds a :class:`KnnProbe` and hands it to
-``upstream.pretrain.pretrain`` as its ``probe`` callback: the upstream package never imports this one.
+``pretrain.engine.pretrain`` as its ``probe`` callback: the upstream package never imports this one.
 """
 from __future__ import annotations
 

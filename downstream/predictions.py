@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.config import temp_path
+from common.config import temp_path
 
 from .datasets import Clip, TaskData
 from .tasks import resolve_data_root

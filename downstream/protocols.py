@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from astbench.resources import config_path
-from benchmark.config import ConfigError, config_to_dict, load_config
+from common.config import ConfigError, config_to_dict, load_config
 
 from .runner import DownstreamConfig
 from .tasks import TASKS

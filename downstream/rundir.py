@@ -4,7 +4,7 @@ Without ``-n`` the folder is ``<upstream>_<task>[_fold<k>]_<mode>[_l<k>]_seed<s>
 everything that makes a run different (the resolved config with every override, the upstream checkpoint's
 sha256, the data root), as the suites name their jobs. Whatever the name, a folder is written into only by a
 run of its own configuration (``config.yaml`` compared key by key, ``run.json`` holds the checkpoint's
-sha256), only once unless ``--resume``, and by one process at a time (``benchmark.config.run_dir_lock``).
+sha256), only once unless ``--resume``, and by one process at a time (``common.config.run_dir_lock``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.config import (ConfigError, check_run_dir, config_diff, config_to_dict, dump_config,
+from common.config import (ConfigError, check_run_dir, config_diff, config_to_dict, dump_config,
                               read_saved_config, temp_path)
 
 from .runner import DownstreamConfig

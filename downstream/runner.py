@@ -5,7 +5,7 @@ Frozen: upstream ``.eval()`` under ``torch.no_grad()``, only Featurizer + head l
 ``.train()`` and its parameters join the head's in one Adam at the same lr (s3prl ``_get_optimizer``).
 Model selection: evaluate ``TaskData.selection_split`` every ``eval_step`` steps, keep ``dev-best.ckpt``.
 Frozen runs read upstream features from ``downstream.cache``; ``-f`` PSLA runs add ``downstream.augment``;
-training batches come from ``downstream.distributed.StepBatchSampler`` (exact resume, ``torchrun`` ranks).
+training batches come from ``common.distributed.StepBatchSampler`` (exact resume, ``torchrun`` ranks).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from benchmark.config import temp_path, truncate_jsonl
-from upstream.pretrain import fused_adam_supported
+from common.config import temp_path, truncate_jsonl
+from pretrain.engine import fused_adam_supported
 from upstream.safe_load import load_checkpoint_file
 
 from . import metrics
@@ -31,7 +31,7 @@ from .augment import AugmentConfig, ScheduleConfig, WeightAverage, attach_to_fro
 from .cache import CachedDataset, FeatureBatch, FeatureCache, collate_features, select_features
 from .batching import LengthGroupedSampler, length_batches
 from .datasets import DataConfig, TaskData, class_balanced_weights, collate
-from .distributed import DistContext, StepBatchSampler
+from common.distributed import DistContext, StepBatchSampler
 from .featurizer import Featurizer
 from .heads import PSLAHead, UtteranceHead
 from .progress import printer, progress

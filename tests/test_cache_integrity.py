@@ -1,5 +1,5 @@
 """Caches shared by several processes and damaged on disk: the frozen-feature cache (``downstream.cache``) and the
-pretraining fbank cache (``upstream.fbank_cache``), through ``upstream.cache_files``.
+pretraining fbank cache (``pretrain.fbank_cache``), through ``common.files``.
 
 Concurrent builders run in spawned processes started at one barrier; damage is a few bytes flipped in the middle
 of a shard (the old check hashed only its first and last MiB, so the feature shard here is made larger than 2 MiB).
@@ -24,12 +24,13 @@ from downstream import cache as cache_mod
 from downstream.cache import FeatureCache, FeatureCacheError
 from downstream.tasks import get_task
 from tests.layouts import BUILDERS, write_tone
-from upstream import cache_files, fbank_cache
-from upstream.cache_files import remove_stale_tmps
-from upstream.cache_files import tmp_path as writer_tmp  # (pytest's tmp_path is a fixture)
-from upstream.fbank_cache import build_cache
+from common import files as cache_files
+from pretrain import fbank_cache
+from common.files import remove_stale_tmps
+from common.files import tmp_path as writer_tmp  # (pytest's tmp_path is a fixture)
+from pretrain.fbank_cache import build_cache
 from upstream.frontend import FbankConfig
-from upstream.pretrain import DataError
+from pretrain.engine import DataError
 
 UP = "ssast_patch_mini"
 FE = FbankConfig(window_type="hanning", norm_mean=-4.27, norm_std=4.57)

@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from benchmark.config import (
+from common.config import (
     ConfigError,
     config_from_dict,
     config_to_dict,

@@ -162,7 +162,7 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_family_overrides_give_ssast_the_psla_input_length_and_leave_other_families_alone():
-    from benchmark.config import load_config
+    from common.config import load_config
     from downstream import protocols
     from downstream.runner import DownstreamConfig
 

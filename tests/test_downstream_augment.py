@@ -6,7 +6,7 @@ import torch
 
 import run_downstream
 import upstream
-from benchmark.config import load_config
+from common.config import load_config
 from downstream.augment import (AugmentConfig, ScheduleConfig, WeightAverage, lr_factor, mask_along_axis, mixup,
                                 noise_and_roll, sample_beta)
 from downstream.runner import DownstreamConfig, DownstreamModel, HeadConfig

@@ -13,7 +13,7 @@ import torch
 
 import run_downstream
 from benchmark import results
-from downstream.distributed import StepBatchSampler
+from common.distributed import StepBatchSampler
 from downstream.metrics import esc50_select_runs
 from tests.layouts import BUILDERS
 

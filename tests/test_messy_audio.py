@@ -18,7 +18,7 @@ import run_downstream
 from benchmark import results
 from downstream.batching import LengthGroupedSampler, length_batches, padded_secs
 from downstream.datasets import Clip, DataConfig, DatasetLayoutError, TaskData, check_labels, folder, scan_task
-from downstream.distributed import DistContext, StepBatchSampler
+from common.distributed import DistContext, StepBatchSampler
 from downstream.runner import RunnerConfig, build_loader, train_loader
 from downstream.tasks import data_overrides, get_task
 from tests.layouts import BAD_AUDIO, make_folder, make_messy_folder, write_bad_audio, write_tone

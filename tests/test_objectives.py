@@ -338,7 +338,7 @@ def test_mae_ast_decoder_drops_out_after_its_input_layernorm():
 def test_weight_decay_groups_follow_each_official_optimiser(family):
     """SSAST (torch Adam) and MAE-AST (fairseq Adam) decay every parameter; ASiT uses DINO's groups: no decay
     for biases and 1-D parameters, decay for weights, the cls token and the position table."""
-    from upstream.pretrain import OptimConfig, _make_optimizer
+    from pretrain.engine import OptimConfig, _make_optimizer
 
     cfg = {"ssast": dict(input_tdim=128, mask_patch=20), "mae_ast": {}, "asit": dict(num_frames=96, out_dim_cls=32,
                                                                                      out_dim_data=16)}[family]

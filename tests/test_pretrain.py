@@ -25,12 +25,12 @@ from torch import nn
 
 import run_pretrain
 import upstream
-from benchmark.config import ConfigError, load_config
-from upstream import pretrain as pt
+from common.config import ConfigError, load_config
+from pretrain import engine as pt
 from upstream.encoder import ASTEncoder, EncoderConfig
 from upstream.frontend import FbankConfig
 from upstream.interface import Upstream, UpstreamConfig
-from upstream.pretrain import NonFiniteLossError, PretrainConfig, Schedule, StepBatchSampler, pretrain
+from pretrain.engine import NonFiniteLossError, PretrainConfig, Schedule, StepBatchSampler, pretrain
 from upstream.tokenizer import patchify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ SR = 16000
 
 # ============================================================================================ fake objective
 class FakeObjective(nn.Module):
-    """Masked patch autoencoder with the objective interface (see upstream.pretrain.Objective)."""
+    """Masked patch autoencoder with the objective interface (see pretrain.engine.Objective)."""
 
     family = "mae_ast"
     KEYS = frozenset({"family", "num_views", "mask_ratio", "crop_secs", "nan_after_calls", "sleep_secs",
@@ -191,7 +191,7 @@ def test_unusable_files_are_skipped_and_counted(straight_run, audio_dir):
 
 
 def test_skipped_files_are_logged(audio_dir, tmp_path, caplog):
-    caplog.set_level("WARNING", logger="upstream.pretrain")
+    caplog.set_level("WARNING", logger="pretrain.engine")
     pretrain(make_cfg(tmp_path / "r", audio_dir, "max_steps=4", "batch_size=7"))  # one full epoch
     warnings = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
     assert any("garbage.wav" in w for w in warnings) and any("empty.wav" in w for w in warnings)

@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 import run_pretrain
-from benchmark.config import load_config
-from upstream.pretrain import DataError, PretrainConfig, pretrain
+from common.config import load_config
+from pretrain.engine import DataError, PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000

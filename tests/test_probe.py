@@ -9,7 +9,7 @@ import run_pretrain
 from downstream.knn import KnnProbe, knn_accuracy, knn_predict
 from tests.layouts import BUILDERS
 from tests.test_pretrain import FakeObjective, make_cfg, write_recipe
-from upstream.pretrain import pretrain
+from pretrain.engine import pretrain
 
 
 def test_knn_separates_separable_features():

@@ -17,13 +17,13 @@ from conftest import fixture_path
 
 import run_downstream
 import upstream
-from benchmark.config import config_to_dict, load_config
+from common.config import config_to_dict, load_config
 from benchmark.published import load_tables
 from benchmark.suites import SuiteOptions, downstream_argv, plan
 from downstream import protocols
 from downstream.protocols import ProtocolError
 from downstream.runner import DownstreamConfig
-from upstream import pretrain as pt
+from pretrain import engine as pt
 from upstream.frontend import AUDIOSET_MEAN, AUDIOSET_STD, FbankConfig, pad_waveforms
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import yaml
 import run_downstream
 import run_pretrain
 from benchmark import results
-from benchmark.config import config_diff, run_dir_lock, temp_path
+from common.config import config_diff, run_dir_lock, temp_path
 from tests.layouts import make_folder, write_tone
 
 REPO = Path(__file__).resolve().parents[1]

@@ -166,7 +166,7 @@ def test_gpu_check_script_refuses_to_run_without_a_gpu(tmp_path):
 def test_optimizers_take_the_fused_kernels_on_cpu_and_agree_with_the_loop():
     """Fused Adam/AdamW is ~4x faster per step on CPU; it must be used there, and match the foreach update."""
     from downstream.runner import OptimizerConfig, build_optimizer
-    from upstream.pretrain import _make_optimizer, fused_adam_supported
+    from pretrain.engine import _make_optimizer, fused_adam_supported
 
     cpu = torch.device("cpu")
     assert fused_adam_supported(cpu) and fused_adam_supported(torch.device("cuda"))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .cache_files import tmp_path
+from common.files import tmp_path
 from .encoder import EncoderConfig
 from .safe_load import CheckpointError, load_checkpoint_file, plain_config
 from .tokenizer import convert_patch_weight

@@ -150,7 +150,7 @@ def download(entry: OfficialCheckpoint, dest_dir: str | os.PathLike | None = Non
         DownloadError: every URL failed (the ``.part`` file is kept, so running again resumes), or the file
             does not verify (a wrong download is deleted, never renamed into place).
     """
-    from .cache_files import locked
+    from common.files import locked
     from .registry import checkpoint_dir
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -2,7 +2,7 @@
 
 An objective wraps a shared :class:`~upstream.encoder.ASTEncoder` and returns ``(loss, logs)``
 (torchaudio's ``HuBERTPretrainModel`` and dinov2's ``SSLMetaArch`` are the pattern). The trainer in
-``upstream/pretrain.py`` knows nothing else about the method.
+``pretrain/engine.py`` knows nothing else about the method.
 """
 from __future__ import annotations
 

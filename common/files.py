@@ -1,6 +1,6 @@
 """Files that several processes may write at once: the feature caches' shards and indexes.
 
-Used by ``downstream.cache`` (frozen upstream features) and ``upstream.fbank_cache`` (pretraining fbanks).
+Used by ``downstream.cache`` (frozen upstream features) and ``pretrain.fbank_cache`` (pretraining fbanks).
 
 * Temporary names are unique per writer, ``<name>.<host>.<pid>.<random>.tmp`` next to the final file, and
   renamed into place (``os.replace``, atomic on one filesystem), so two writers never share a half-written file.

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from upstream.cache_files import tmp_path, write_atomic
+from common.files import tmp_path, write_atomic
 
 __all__ = ["ConfigError", "check_run_dir", "config_diff", "config_from_dict", "config_to_dict", "dump_config",
            "ensure_writable_dir", "load_config", "merge_config", "os_reason", "parse_override", "read_saved_config",

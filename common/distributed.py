@@ -3,7 +3,7 @@
 ``StepBatchSampler`` makes the training order a pure function of ``(seed, micro-batch index)``: a run resumed
 at step ``s`` draws exactly the batches an uninterrupted run draws from step ``s`` on, and under ``torchrun``
 each rank takes its slice of the same global batch, so ``runner.batch_size`` is the global batch whatever the
-number of processes (as ``upstream.pretrain``). This replaces a ``DistributedSampler``: it splits one global
+number of processes (as ``pretrain.engine``). This replaces a ``DistributedSampler``: it splits one global
 batch across ranks instead of one epoch, which is what makes N ranks equal one process.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ shard) or ``{"size", "mtime_ns", "bad": reason}`` for a file that cannot be used
 mtime changed, or that is new, is computed again into a new shard. A cache built with another front end is
 refused (``DataError``), never mixed.
 
-Several runs may share the cache (see ``upstream.cache_files``): an update holds ``index.lock``, re-reads
+Several runs may share the cache (see ``common.files``): an update holds ``index.lock``, re-reads
 the index under it and adds its files to what is there (no writer loses another's entries; a second run
 needing the same files waits and finds them computed); shards and the index are written to temporary names
 unique to the writer and renamed, the index last, so an interrupted build leaves the previous cache intact and
@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .cache_files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps, tmp_path,
+from common.files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps, tmp_path,
                           write_atomic)
-from .frontend import AudioError, Fbank, FbankConfig, load_audio, num_frames
+from upstream.frontend import AudioError, Fbank, FbankConfig, load_audio, num_frames
 
 FORMAT, VERSION = "astbench-fbank-cache", 2  # 2: shard checksums, "next_shard"
 SHARD_FRAMES = 1 << 20  # 1M frames x 128 bins x 4 bytes = 512 MiB per shard at most
@@ -76,7 +76,7 @@ def build_cache(root: str | os.PathLike, files: Sequence[str], fe: FbankConfig, 
         DataError: the cache in ``root`` was built with another front end (or by a newer version), or it lacks
             files or has a damaged shard and cannot be written.
     """
-    from .pretrain import DataError
+    from .engine import DataError
 
     root, key = Path(root), frontend_key(fe)
     log = log or logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _not_writable(root: Path, err: OSError) -> str:
 
 def _read_index(root: Path, key: dict) -> dict | None:
     """The index in ``root`` (upgraded to this version's fields), None if there is none yet."""
-    from .pretrain import DataError
+    from .engine import DataError
 
     path = root / "index.json"
     if not path.is_file():
@@ -251,7 +251,7 @@ def pad_value(fe: FbankConfig) -> float:
 
 
 class CachedFbank(Dataset):
-    """Like :class:`~upstream.pretrain.UnlabeledAudio`, but views are fbank crops ``(T, F)`` from the cache.
+    """Like :class:`~pretrain.engine.UnlabeledAudio`, but views are fbank crops ``(T, F)`` from the cache.
 
     Keys, the replacement of unusable files and the per-position random draws follow ``UnlabeledAudio``.
     """
@@ -276,7 +276,7 @@ class CachedFbank(Dataset):
         return self._shards[k][entry["offset"]:entry["offset"] + entry["frames"]]
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        from .pretrain import DataError
+        from .engine import DataError
 
         position, index = key
         bad = []

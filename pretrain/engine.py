@@ -60,12 +60,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from benchmark.config import (ConfigError, check_run_dir, config_to_dict, dump_config, ensure_writable_dir,
+from common.config import (ConfigError, check_run_dir, config_to_dict, dump_config, ensure_writable_dir,
                               run_dir_lock, temp_path, truncate_jsonl)
 
-from .checkpoint import CheckpointError, save_upstream
-from .safe_load import load_checkpoint_file
-from .frontend import AudioError, Fbank, FbankConfig, load_audio
+from upstream.checkpoint import CheckpointError, save_upstream
+from upstream.safe_load import load_checkpoint_file
+from upstream.frontend import AudioError, Fbank, FbankConfig, load_audio
 
 __all__ = ["AUDIO_EXTENSIONS", "DataConfig", "DataError", "NonFiniteLossError", "OptimConfig",
            "PretrainConfig", "Schedule", "StepBatchSampler", "UnlabeledAudio", "build_objective",
@@ -92,7 +92,7 @@ class DataConfig:
     # otherwise the front end pads the fbank (SSAST pads to target_length with normalised zeros).
     pad_to_crop: bool = False
     roll_prob: float = 0.0  # chance of a random circular shift of the clip before cropping (ASiT: 0.5)
-    # Folder of precomputed fbank shards (upstream/fbank_cache.py), built on first use: train on crops read
+    # Folder of precomputed fbank shards (pretrain/fbank_cache.py), built on first use: train on crops read
     # from memory-mapped features instead of decoding audio. "" decodes every step.
     fbank_cache: str = ""
 
@@ -218,8 +218,8 @@ def build_objective(cfg: Mapping) -> nn.Module:
     ``forward(fbank (B, [V,] T, F), num_frames (B, [V]), generator) -> (loss, {name: scalar})``,
     ``after_step(i, total_steps)``, ``param_groups(weight_decay)`` and ``to_upstream()``.
     """
-    from . import asit, mae_ast, ssast
-    from .registry import resolve_builder
+    from upstream import asit, mae_ast, ssast
+    from upstream.registry import resolve_builder
 
     family = cfg.get("family")
     families = {"ssast": ssast, "mae_ast": mae_ast, "asit": asit}
@@ -908,7 +908,7 @@ def _save_checkpoint(path: Path, raw: nn.Module, optimizer, schedule: Schedule, 
     _atomic_save({
         "format": CKPT_FORMAT, "version": CKPT_VERSION, "step": step, "world_size": world,
         "objective": raw.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-        "rng": _rng_state(), "mask_generator": "seeded from (seed, step, micro-batch), see upstream.pretrain",
+        "rng": _rng_state(), "mask_generator": "seeded from (seed, step, micro-batch), see pretrain.engine",
         "sampler": (*position, step * cfg.batch_size), "num_files": num_files, "skipped_files": dict(skipped),
         "config": config_to_dict(cfg),
     }, path)

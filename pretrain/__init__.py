@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of the three families: config, data, fbank cache and the training loop."""
