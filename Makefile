@@ -1,4 +1,6 @@
 # Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+# `make test` is the fast default run; `make test-slow` the multi-process and end-to-end tests it leaves out
+# (marked slow); `make lint` checks the code with ruff (rules in pyproject.toml). .ci/run runs all three.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +9,7 @@ DEMO_ARGS ?=
 PARITY_TESTS ?= $(sort tests/test_frontend.py $(wildcard tests/test_official_*.py tests/test_*parity*.py))
 PARITY_ISAS ?= SSE4_2 AVX2
 
-.PHONY: demo test parity parity-tests setup clean
+.PHONY: demo test test-slow lint parity parity-tests setup clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,13 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# the tests marked slow (torchrun / DDP, signals, subprocess runs, the demo end to end, the installed scripts)
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "slow and not gpu"
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
 
 # The FFT (MKL) takes other code paths on other CPUs and log-mel values move by up to 3.7e-4; capping the
 # instruction set makes this machine take the paths other machines take (a no-op where MKL does not dispatch).

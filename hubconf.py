@@ -4,8 +4,8 @@
                            source="local")
     out = model([wav_16k])          # hidden_states, last_hidden_state, clip, lengths (upstream/interface.py)
 
-Each entry takes s3prl's arguments, ``(ckpt=None, model_config=None, refresh=False, **overrides)``, and returns
-:class:`astbench.s3prl.UpstreamExpert`, which s3prl's runner and ``Featurizer`` accept as they are.
+Each entry takes s3prl's arguments, ``(ckpt=None, model_config=None, refresh=False, **overrides)``, and
+returns :class:`astbench.s3prl.UpstreamExpert`, which s3prl's runner and ``Featurizer`` accept as they are.
 """
 import upstream as _upstreams
 from astbench.s3prl import hub_entry as _hub_entry

@@ -1,8 +1,9 @@
-"""astbench: the distribution's own namespace, next to the ``upstream``, ``downstream`` and ``benchmark`` packages.
+"""astbench: the distribution's own namespace, next to the ``upstream``, ``downstream`` and ``benchmark``
+packages.
 
-It holds what faces outside this repository:
+It holds the adapters that face outside this repository (shipped configs and tables are found through
+:mod:`common.resources`):
 
-* :mod:`astbench.resources`: where shipped configs and published tables are (``importlib.resources``);
 * :mod:`astbench.hear`: the HEAR 2021 API (``hear-validator astbench.hear --model ssast_patch_400``);
 * :mod:`astbench.xares`: an X-ARES audio encoder (``ASTBenchEncoder``);
 * :mod:`astbench.s3prl`: s3prl both ways, an ``UpstreamExpert`` shim and hub entries for s3prl's runner, and

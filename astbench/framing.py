@@ -1,4 +1,5 @@
-"""Output frames on a time grid, for the APIs that need times (HEAR timestamps, X-ARES hop sizes) and long audio.
+"""Output frames on a time grid, for the APIs that need times (HEAR timestamps, X-ARES hop sizes) and long
+audio.
 
 An upstream's frame ``m`` is one column of patches: fbank frames ``m * tstride .. m * tstride + tshape - 1``,
 which read samples ``m * hop`` to ``m * hop + (tshape - 1) * shift + win`` (``hop = tstride * shift`` =
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from upstream.frontend import num_frames as fbank_frames
+from upstream.kaldi import num_frames as fbank_frames
 
 __all__ = ["FrameGrid", "frame_grid", "frame_features"]
 
@@ -55,14 +56,15 @@ class FrameGrid:
         return 1000.0 * self.hop / self.sample_rate
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames of a clip of ``num_samples``: those whose centre lies in the clip and that the upstream gives (its
-        windows are zero-padded, so a frame needs its first fbank frame; MAE-AST's whole-clip patches need all
-        of theirs); at least one (a clip shorter than that still gets the frame the upstream gives)."""
+        """Frames of a clip of ``num_samples``: those whose centre lies in the clip and that the upstream
+        gives (its windows are zero-padded, so a frame needs its first fbank frame; MAE-AST's whole-clip
+        patches need all of theirs); at least one (a clip shorter than that still gets the frame the upstream
+        gives)."""
         room = num_samples - max(self.first_centre, self.need)
         return max(1, math.floor(room / self.hop) + 1) if room >= 0 else 1
 
     def centres_ms(self, count: int) -> torch.Tensor:
-        """(count,) float32 centres of frames ``0..count-1`` in milliseconds (computed in float64: no drift)."""
+        """(count,) float32 centres of frames ``0..count-1`` in milliseconds (in float64 first: no drift)."""
         m = torch.arange(count, dtype=torch.float64)
         return ((self.first_centre + m * self.hop) * 1000.0 / self.sample_rate).float()
 
@@ -80,7 +82,8 @@ def frame_grid(up: nn.Module, chunk_secs: float = 10.0) -> FrameGrid:
     if not chunk_secs > 0:
         raise ValueError(f"chunk_secs must be > 0 seconds, got {chunk_secs}")
     enc, fr, sr = cfg.encoder, cfg.frontend, int(up.sample_rate)
-    win, shift = int(sr * fr.frame_length_ms * 0.001), int(sr * fr.frame_shift_ms * 0.001)  # kaldi's truncation
+    # samples per fbank window and shift, truncated as kaldi does
+    win, shift = int(sr * fr.frame_length_ms * 0.001), int(sr * fr.frame_shift_ms * 0.001)
     hop = int(up.get_downsample_rates("hidden_states"))
     if hop != shift * enc.tstride:
         raise ValueError(f"{up.name}: downsample rate {hop} != frame shift {shift} x tstride {enc.tstride}")
@@ -96,7 +99,8 @@ def frame_grid(up: nn.Module, chunk_secs: float = 10.0) -> FrameGrid:
         piece, context = max(1, per_chunk // window) * window, win - shift
     elif cfg.window_mode == "s3prl":  # s3prl's SSAST windows: advance by the columns inside one window
         window = cfg.window_frames * shift
-        inside = (fbank_frames(window, fr.frame_length_ms, fr.frame_shift_ms, sr) - enc.tshape) // enc.tstride + 1
+        window_fbank = fbank_frames(window, fr.frame_length_ms, fr.frame_shift_ms, sr)
+        inside = (window_fbank - enc.tshape) // enc.tstride + 1
         piece, context = inside * hop, window - inside * hop
     else:
         raise ValueError(f"{up.name}: window_mode={cfg.window_mode!r} gives token sequences, not frames on a "
@@ -131,7 +135,8 @@ def frame_features(up: nn.Module, audio: torch.Tensor, grid: FrameGrid, layer: i
         batch = jobs[start:start + max_batch]
         by_len: dict[int, list[tuple[int, int]]] = {}
         for i, p in batch:
-            by_len.setdefault(min(S, p * grid.piece + grid.piece + grid.context) - p * grid.piece, []).append((i, p))
+            length = min(S, p * grid.piece + grid.piece + grid.context) - p * grid.piece
+            by_len.setdefault(length, []).append((i, p))
         for length, group in by_len.items():
             res = up([audio[i, p * grid.piece:p * grid.piece + length] for i, p in group])
             feats = res["last_hidden_state"] if layer is None else res["hidden_states"][layer]  # (b, t, H)
@@ -140,7 +145,8 @@ def frame_features(up: nn.Module, audio: torch.Tensor, grid: FrameGrid, layer: i
             for b, (i, p) in enumerate(group):
                 k = min(per, T - p * per)
                 if int(res["lengths"][b]) < k:  # the grid promised frames the upstream did not give
-                    raise RuntimeError(f"{up.name}: piece {p} gave {int(res['lengths'][b])} frames, expected {k}")
+                    raise RuntimeError(f"{up.name}: piece {p} gave {int(res['lengths'][b])} frames, "
+                                       f"expected {k}")
                 out[i, p * per:p * per + k] = feats[b, :k].float()
     assert out is not None
     return out

@@ -4,8 +4,8 @@
     hear-validator astbench.hear --model ssast_patch_400=/ckpts/SSAST-Base-Patch-400.pth
     ASTBENCH_HEAR_UPSTREAM=asit_base hear-validator astbench.hear --model /ckpts/asit_base.pth
 
-``load_model(model_file_path)`` chooses the upstream and its checkpoint from one string, since HEAR's tools pass
-nothing else: a registered upstream name (its checkpoint looked up as ``upstream.load`` does, in
+``load_model(model_file_path)`` chooses the upstream and its checkpoint from one string, since HEAR's tools
+pass nothing else: a registered upstream name (its checkpoint looked up as ``upstream.load`` does, in
 ``$ASTBENCH_CHECKPOINTS``; random weights for the ``*_mini`` test models), ``NAME=PATH``, or a checkpoint
 ``PATH`` with the name in ``$ASTBENCH_HEAR_UPSTREAM`` (or the ``upstream=`` keyword, which hear-eval-kit's
 ``--model-options '{"upstream": "ssast_patch_400"}'`` passes). More keywords: ``layer`` (timestamp embeddings
@@ -22,8 +22,8 @@ upstream's own overrides.
   HEAR does not offer: its input is 48 kHz by default (``sample_rate=16000`` for 16 kHz) and resampled inside
   (soxr, HQ). ``model.scene_embedding_size`` = D, ``model.timestamp_embedding_size`` = H.
 
-Clips are processed as a batch, and a batch gives exactly what each clip gives alone (the clips of a HEAR batch
-have one length, so nothing is padded).
+Clips are processed as a batch, and a batch gives exactly what each clip gives alone (the clips of a HEAR
+batch have one length, so nothing is padded).
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class HEARModel(nn.Module):
                  chunk_secs: float = 10.0):
         super().__init__()
         native = int(up.sample_rate)
-        rate = int(sample_rate) if sample_rate is not None else native if native in HEAR_SAMPLE_RATES else 48000
+        default = native if native in HEAR_SAMPLE_RATES else 48000
+        rate = int(sample_rate) if sample_rate is not None else default
         if rate not in HEAR_SAMPLE_RATES:
             raise ValueError(f"sample_rate={rate}: HEAR feeds audio at {list(HEAR_SAMPLE_RATES)} Hz only")
         if layer is not None and not -up.num_layers <= layer < up.num_layers:
@@ -80,7 +81,7 @@ class HEARModel(nn.Module):
 
 
 def _parse_model_path(model_file_path: str, upstream: str | None) -> tuple[str, str | None]:
-    """-> (upstream name, checkpoint or None) from ``NAME``, ``NAME=PATH`` or ``PATH`` (see the module doc)."""
+    """-> (upstream name, checkpoint or None) from ``NAME``, ``NAME=PATH`` or ``PATH`` (module docstring)."""
     from upstream import list_upstreams
 
     names = set(list_upstreams())
@@ -93,12 +94,13 @@ def _parse_model_path(model_file_path: str, upstream: str | None) -> tuple[str, 
     name = upstream or os.environ.get(UPSTREAM_ENV)
     if not name:
         what = f"{spec!r} is not a registered upstream" if spec else "no model_file_path given"
-        raise ValueError(f"load_model: {what}; pass a registered name (e.g. 'ssast_patch_400'), 'NAME=CHECKPOINT', "
-                         f"or a checkpoint path with the upstream in ${UPSTREAM_ENV} or upstream=. "
+        raise ValueError(f"load_model: {what}; pass a registered name (e.g. 'ssast_patch_400'), "
+                         f"'NAME=CHECKPOINT', or a checkpoint path with the upstream in ${UPSTREAM_ENV} or "
+                         f"upstream=. "
                          f"Registered: {', '.join(sorted(names))}")
     if name not in names:
-        raise ValueError(f"load_model: upstream {name!r} (from upstream= or ${UPSTREAM_ENV}) is not registered; "
-                         f"registered: {', '.join(sorted(names))}")
+        raise ValueError(f"load_model: upstream {name!r} (from upstream= or ${UPSTREAM_ENV}) is not "
+                         f"registered; registered: {', '.join(sorted(names))}")
     return name, spec or None
 
 
@@ -138,6 +140,6 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HEARModel) -> tuple[tor
 
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
-    """HEAR's clip embeddings: (n_sounds, ``scene_embedding_size``) float32, the upstream's ``clip`` feature."""
+    """HEAR's clip embeddings: (n_sounds, ``scene_embedding_size``) float32, the upstream's ``clip``."""
     wavs = model.model_audio(audio)
     return model.upstream(list(wavs))["clip"].float()

@@ -1,14 +1,14 @@
 """This project's upstreams inside s3prl: an ``UpstreamExpert`` shim and hub entries.
 
-s3prl's ``run_downstream.py`` builds an upstream as ``Upstream(ckpt=-k, model_config=-g, refresh=-r)`` and reads
-``forward(wavs)["hidden_states"]`` and ``get_downsample_rates(key)``, which is this project's contract already
-(``upstream/interface.py``). Two ways in:
+s3prl's ``run_downstream.py`` builds an upstream as ``Upstream(ckpt=-k, model_config=-g, refresh=-r)`` and
+reads ``forward(wavs)["hidden_states"]`` and ``get_downsample_rates(key)``, which is this project's contract
+already (``upstream/interface.py``). Two ways in:
 
-1. s3prl's own slot for a custom upstream, ``upstream/example/expert.py`` (entry ``customized_upstream``): make
-   that file the one line ``from astbench.s3prl import UpstreamExpert``, then::
+1. s3prl's own slot for a custom upstream, ``upstream/example/expert.py`` (entry ``customized_upstream``):
+   make that file the one line ``from astbench.s3prl import UpstreamExpert``, then::
 
-       python run_downstream.py -m train -u customized_upstream -g ssast_patch_400 -k SSAST-Base-Patch-400.pth \\
-           -d speech_commands -n ks_ssast
+       python run_downstream.py -m train -u customized_upstream -g ssast_patch_400 \\
+           -k SSAST-Base-Patch-400.pth -d speech_commands -n ks_ssast
 
    ``-g`` names the upstream: a registered name, or a YAML file ``{upstream: NAME, <overrides>...}``.
 2. Hub entries ``astbench_<name>(ckpt=None, model_config=None, refresh=False, **kwds)``, one per registered
@@ -31,8 +31,8 @@ __all__ = ["UpstreamExpert", "HUB_ENTRIES", "hub_entry"]
 
 
 def _name_and_overrides(model_config, upstream: str | None) -> tuple[str, dict]:
-    """(registered name, overrides) from s3prl's ``model_config``: a registered name, a mapping, or a YAML file
-    of one, whose ``upstream`` key names the upstream unless ``upstream`` is given."""
+    """(registered name, overrides) from s3prl's ``model_config``: a registered name, a mapping, or a YAML
+    file of one, whose ``upstream`` key names the upstream unless ``upstream`` is given."""
     config: dict = {}
     if isinstance(model_config, dict):
         config = dict(model_config)
@@ -41,8 +41,8 @@ def _name_and_overrides(model_config, upstream: str | None) -> tuple[str, dict]:
     elif model_config not in (None, ""):
         path = Path(model_config).expanduser()
         if not path.is_file():
-            raise ValueError(f"UpstreamExpert: model_config {str(model_config)!r} is neither a registered upstream "
-                             f"nor a YAML file")
+            raise ValueError(f"UpstreamExpert: model_config {str(model_config)!r} is neither a registered "
+                             f"upstream nor a YAML file")
         import yaml
 
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -52,19 +52,21 @@ def _name_and_overrides(model_config, upstream: str | None) -> tuple[str, dict]:
     name = upstream or config.pop("upstream", None)
     config.pop("upstream", None)
     if not name:
-        raise ValueError("UpstreamExpert: which upstream? Give s3prl's -g a registered name (e.g. ssast_patch_400) "
-                         "or a YAML file with 'upstream: NAME'")
+        raise ValueError("UpstreamExpert: which upstream? Give s3prl's -g a registered name (e.g. "
+                         "ssast_patch_400) or a YAML file with 'upstream: NAME'")
     return str(name), config
 
 
 class UpstreamExpert(nn.Module):
-    """s3prl's expert interface over a registered upstream: ``UpstreamExpert(ckpt, model_config=None, **kwds)``.
+    """s3prl's expert interface over a registered upstream: ``UpstreamExpert(ckpt, model_config=None,
+    **kwds)``.
 
     Args:
-        ckpt: the checkpoint (s3prl ``-k``); None = the upstream's default file (``$ASTBENCH_CHECKPOINTS``), or
-            random weights for the ``*_mini`` test models.
+        ckpt: the checkpoint (s3prl ``-k``); None = the upstream's default file (``$ASTBENCH_CHECKPOINTS``),
+            or random weights for the ``*_mini`` test models.
         model_config: s3prl ``-g``: the upstream's name, or a mapping / YAML file with ``upstream: NAME`` and
-            overrides (``window_secs``, ``pooling``, ...).
+            overrides (``target_length``, ``pooling``, ...; s3prl's ``window_secs=1.0`` is
+            ``target_length=100``).
         kwds: ``refresh`` (s3prl's; nothing is downloaded here), ``upstream`` (the name, overriding
             ``model_config``), and more overrides.
     """

@@ -1,7 +1,7 @@
 """An X-ARES audio encoder (``xares.audio_encoder_checker.check_audio_encoder``) over any registered upstream.
 
     from astbench.xares import ASTBenchEncoder
-    encoder = ASTBenchEncoder("ssast_patch_400")                      # checkpoint looked up as upstream.load does
+    encoder = ASTBenchEncoder("ssast_patch_400")                # checkpoint looked up as upstream.load does
     encoder = ASTBenchEncoder("asit_base", ckpt="asit_base.pth", sampling_rate=16000)
     frames = encoder(audio)                                            # (B, S) -> (B, T, output_dim)
 
@@ -12,8 +12,8 @@ ASiT, which runs at 32 kHz and then resamples inside), ``output_dim`` (H of the 
 ``chunk_secs`` seconds, so memory stays that of one piece.
 
 ``encoder(audio)`` returns the frames (X-ARES 0.1); ``encoder(audio, attention_mask)`` returns
-``(frames, frame_mask)`` (later X-ARES): ``attention_mask`` (B, S) marks real samples with 1 (None: all real), each
-clip is then encoded at its own length, and ``frame_mask`` (B, T) bool marks its frames.
+``(frames, frame_mask)`` (later X-ARES): ``attention_mask`` (B, S) marks real samples with 1 (None: all real),
+each clip is then encoded at its own length, and ``frame_mask`` (B, T) bool marks its frames.
 """
 from __future__ import annotations
 

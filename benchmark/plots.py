@@ -21,10 +21,11 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import results
+from downstream import results
+
+from .cells import CellStats, cell_stats, has_paper_numbers
 from .provenance import Provenance
-from .published import Column, PaperTable
-from .tables import CellStats, cell_stats, select_tables
+from .published import Column, PaperTable, select_tables
 
 __all__ = ["PlotsUnavailable", "flagged", "sweep_value", "write_plots"]
 
@@ -51,7 +52,8 @@ def sweep_value(paper_label: str) -> float | None:
 
 
 def flagged(stats: CellStats) -> bool:
-    """Whether the table marks the cell (incomplete ``*``, mixed checkpoints ``†``, ESC-50 per-fold best ``‡``)."""
+    """Whether the table marks the cell (incomplete ``*``, mixed checkpoints ``†``, ESC-50 per-fold best
+    ``‡``)."""
     return stats.n_runs > 0 and (not stats.complete or stats.mixed_ckpts or stats.fold_best)
 
 
@@ -74,8 +76,6 @@ def _ylabel(col: Column) -> str:
 def _bars(plt, table: PaperTable, records, path: Path, prov: Provenance) -> Path:
     from matplotlib.patches import Patch
 
-    from .tables import has_paper_numbers
-
     paper_too = has_paper_numbers(table)
     n = len(table.columns)
     ncols = n if n <= 3 else 2
@@ -89,14 +89,15 @@ def _bars(plt, table: PaperTable, records, path: Path, prov: Provenance) -> Path
         any_flag |= any(marks)
         pos = [i - 0.2 for i in x] if paper_too else x
         bars = ax.bar(pos, ours, 0.4 if paper_too else 0.6, yerr=err, capsize=3, color="C0")
-        for bar, mark in zip(bars, marks):  # the table's * † ‡ cells: hatched and lighter, never like complete ones
+        for bar, mark in zip(bars, marks):  # the table's * † ‡ cells: hatched and lighter than complete ones
             if mark:
                 bar.set_alpha(0.45)
                 bar.set_hatch("//")
         if paper_too:
             ax.bar([i + 0.2 for i in x], paper, 0.4, color="C1", alpha=0.7)
         else:  # nothing published to compare with: the value written on each bar
-            ax.bar_label(bars, labels=["" if v != v else f"{v:.1f}" for v in ours], fontsize=7, label_type="center")
+            ax.bar_label(bars, labels=["" if v != v else f"{v:.1f}" for v in ours], fontsize=7,
+                         label_type="center")
         ax.set_title(col.title or col.key, fontsize=9)
         ax.set_ylabel(_ylabel(col), fontsize=8)
         ax.set_xticks(x)
@@ -105,7 +106,8 @@ def _bars(plt, table: PaperTable, records, path: Path, prov: Provenance) -> Path
         ax.set_visible(False)
     handles = [Patch(color="C0", label="ours")]
     if any_flag:
-        handles.append(Patch(facecolor="C0", alpha=0.45, hatch="//", label="ours, incomplete or flagged (* † ‡)"))
+        handles.append(Patch(facecolor="C0", alpha=0.45, hatch="//",
+                             label="ours, incomplete or flagged (* † ‡)"))
     if paper_too:
         handles.append(Patch(color="C1", alpha=0.7, label="paper"))
     if len(handles) > 1:
@@ -135,8 +137,9 @@ def _line(plt, table: PaperTable, records, path: Path, prov: Provenance) -> Path
         hollow = [(x, ours[i]) for x, (_, i) in zip(xs, rows) if marks[i]]
         any_flag |= bool(hollow)
         if hollow:  # flagged cells: hollow markers over the filled ones
-            ax.plot([h[0] for h in hollow], [h[1] for h in hollow], "s", markersize=7, markerfacecolor="white",
-                    markeredgecolor=line.get_color(), markeredgewidth=1.5, linestyle="none", zorder=3)
+            ax.plot([h[0] for h in hollow], [h[1] for h in hollow], "s", markersize=7,
+                    markerfacecolor="white", markeredgecolor=line.get_color(), markeredgewidth=1.5,
+                    linestyle="none", zorder=3)
     ax.set_xlabel("masked patches" if "masked" in table.id else "setting")
     ax.set_ylabel(" / ".join(metrics))
     ax.set_xticks(xs)
@@ -150,8 +153,9 @@ def _line(plt, table: PaperTable, records, path: Path, prov: Provenance) -> Path
     return path
 
 
-def write_plots(records_path: str | os.PathLike, out_dir: str | os.PathLike, table_ids: Sequence[str] | None = None,
-                tables: Sequence[PaperTable] | None = None, provenance: Provenance | None = None) -> list[Path]:
+def write_plots(records_path: str | os.PathLike, out_dir: str | os.PathLike,
+                table_ids: Sequence[str] | None = None, tables: Sequence[PaperTable] | None = None,
+                provenance: Provenance | None = None) -> list[Path]:
     """Write ``<id>.png`` (and ``<id>_line.png`` for sweeps) per table; returns the paths. ``provenance``: as
     for the tables (which records are ours, user rows).
 

@@ -3,23 +3,24 @@
 A record counts for row ``r`` of a table only when it is the run ``r`` specifies (``RunSpec`` in
 ``benchmark/published``, or a user row):
 
-* **label**: the record's ``label`` is the row's (``benchmark run`` sets it), or the record carries no label of
-  its own (``label == upstream``, a plain ``run_downstream.py -u NAME`` run) and its upstream is the row's;
+* **label**: the record's ``label`` is the row's (``benchmark run`` sets it), or the record carries no label
+  of its own (``label == upstream``, a plain ``run_downstream.py -u NAME`` run) and its upstream is the row's;
 * **checkpoint**: the record's ``ckpt_sha256`` is the sha256 of the row's checkpoint: the official file in
-  ``$ASTBENCH_CHECKPOINTS`` (or the digest recorded in ``upstream.download.OFFICIAL`` when the file is not
+  ``$ASTBENCH_CHECKPOINTS`` (or the digest recorded in ``upstream.download.released()`` when the file is not
   here), the ``upstream.pt`` of the row's pretraining run under the sweep's ``--expdir``, or none for a
   random-init row. A checkpoint that cannot be identified here matches no record;
-* **protocol**: the record's resolved downstream configuration equals the one ``benchmark run`` resolves for the
-  row's job (task config, the row's overrides, the sweep's ``-o`` and ``--config-dir``), key by key. Seed,
-  fold, label, run-folder name, paths and the keys that do not change results (``runner.num_workers``,
-  ``runner.log_step``, ``runner.feature_cache``) are left out. A key missing from the record (written by older
-  code) is a difference.
+* **protocol**: the record's resolved downstream configuration equals the one ``benchmark run`` resolves for
+  the row's job (task config, the row's overrides, the sweep's ``-o`` and ``--config-dir``), key by key.
+  Seed, fold, label, run-folder name, paths and the keys that do not change results
+  (``runner.num_workers``, ``runner.log_step``, ``runner.feature_cache``) are left out. A key missing from the
+  record (written by older code) is a difference.
 
 Every other record of the table's columns whose label or upstream is a row's is an *other run*: the tables
 list it apart, with what differs, or leave it out with ``--strict``.
 
 **User rows** put a user's upstream beside the papers' rows, with the same statistics and flags: a YAML file
-(``--rows FILE``, see :func:`load_user_rows`) or ``--row LABEL`` (the records labelled ``LABEL``, any checkpoint).
+(``--rows FILE``, see :func:`load_user_rows`) or ``--row LABEL`` (the records labelled ``LABEL``, any
+checkpoint).
 """
 from __future__ import annotations
 
@@ -29,13 +30,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+import downstream
+from common.config import config_to_dict, flatten_config
+from common.yamlfile import read_yaml, require_keys
+from downstream import results
 
-from . import results
-from common.config import flatten_config
+from .pretrain_runs import pretrain_dir
 from .published import PaperTable, Row, RunSpec
+from .suites import Job, SuiteOptions, downstream_job, task_folds
 
-__all__ = ["NOT_PROTOCOL", "Expected", "Provenance", "UserRow", "Verdict", "load_user_rows", "user_rows_from_labels"]
+__all__ = ["NOT_PROTOCOL", "Expected", "Provenance", "UserRow", "Verdict", "load_user_rows",
+           "user_rows_from_labels"]
 
 # config keys that are not part of a run's protocol: which seed / fold / row / folder / machine paths, and
 # settings that change only speed or logging
@@ -75,9 +80,9 @@ class UserRow:
 
     def row(self, columns: Iterable) -> Row:
         ckpt = "any" if self.any_checkpoint else (self.checkpoint or "none")
-        return Row(self.label, self.label, f"your row ({self.source}): upstream {self.upstream}, checkpoint {ckpt}",
-                   {c.key: None for c in columns}, RunSpec(self.upstream, overrides=self.overrides,
-                                                          layer=self.layer))
+        source = f"your row ({self.source}): upstream {self.upstream}, checkpoint {ckpt}"
+        return Row(self.label, self.label, source, {c.key: None for c in columns},
+                   RunSpec(self.upstream, overrides=self.overrides, layer=self.layer))
 
     def joins(self, table: PaperTable) -> bool:
         if self.tables and table.id not in self.tables:
@@ -95,19 +100,22 @@ class Provenance:
         strict: leave other runs out instead of listing them.
         check: False only for tables built in code whose records carry no configuration to check: then the
             record's label alone decides, as before provenance existed. The ``tables`` command always checks.
+        checkpoints: row label -> the sha256 of its pretraining run's ``upstream.pt``, for records published
+            without their pretraining runs (``results/demo``): taken instead of hashing the file under
+            ``opts.expdir``.
     """
 
-    def __init__(self, opts=None, user_rows: Sequence[UserRow] = (), strict: bool = False, check: bool = True):
-        from .suites import SuiteOptions
-
+    def __init__(self, opts: SuiteOptions | None = None, user_rows: Sequence[UserRow] = (),
+                 strict: bool = False, check: bool = True, checkpoints: Mapping[str, str] | None = None):
         self.opts = opts if opts is not None else SuiteOptions()
         self.user_rows = {u.label: u for u in user_rows}
         self.strict, self.check_enabled = strict, check
+        self.pinned = dict(checkpoints or {})
         self._protocols: dict[tuple, dict[str, Any]] = {}
         self._checkpoints: dict[str, Expected] = {}
 
     @classmethod
-    def off(cls) -> "Provenance":
+    def off(cls) -> Provenance:
         """Label matching only (``check=False``)."""
         return cls(check=False)
 
@@ -119,7 +127,8 @@ class Provenance:
         extra = [r for r in extra if r not in table.rows]
         clash = sorted({r.label for r in extra} & {r.label for r in table.rows})
         if clash:
-            raise ValueError(f"user row label(s) {clash} are rows of table {table.id!r}; choose another label")
+            raise ValueError(f"user row label(s) {clash} are rows of table {table.id!r}; choose another "
+                             f"label")
         return replace(table, rows=table.rows + tuple(extra)) if extra else table
 
     # -------------------------------------------------------------------------------------- matching
@@ -154,7 +163,8 @@ class Provenance:
             try:
                 expected = self.expected_protocol(row, record.task, record.mode)
             except ValueError as err:  # e.g. a task this project has no config for: nothing can match
-                return Verdict(False, tuple(differs) + (f"the row's configuration cannot be resolved: {err}",))
+                why = f"the row's configuration cannot be resolved: {err}"
+                return Verdict(False, tuple(differs) + (why,))
             actual = protocol(record.config)
             for key in sorted(set(expected) | set(actual)):
                 a, e = actual.get(key, _MISSING), expected.get(key, _MISSING)
@@ -177,22 +187,9 @@ class Provenance:
         return self._protocols[key]
 
     def _resolve(self, run: RunSpec, task: str, mode: str, user: bool) -> dict:
-        import run_downstream
-
-        from common.config import config_to_dict
-        from .suites import FOLDS, Job, SuiteOptions, downstream_argv
-
-        fold = FOLDS.get(task, (None,))[0]
-        if fold is None:
-            try:
-                from downstream.tasks import get_task
-
-                fold = (get_task(task).folds or (None,))[0]
-            except (ImportError, ValueError):
-                fold = None
-        job = Job("provenance", "row", run, task, mode, 1337, fold)
-        argv = downstream_argv(job, None, SuiteOptions() if user else self.opts, "provenance")
-        cfg, _ = run_downstream.resolve_config(run_downstream.parse_args(argv))
+        job = Job("provenance", "row", run, task, mode, 1337, task_folds(task)[0])
+        opts = SuiteOptions() if user else self.opts  # a user's runs were not made by the sweep
+        cfg, _ = downstream.resolve(downstream_job(job, None, opts, "provenance"))
         return config_to_dict(cfg)
 
     def expected_checkpoint(self, row: Row) -> Expected:
@@ -200,15 +197,16 @@ class Provenance:
         if user is not None:
             return self._user_checkpoint(user)
         run = row.run
+        if run.pretrain and row.label in self.pinned:
+            sha = self.pinned[row.label]
+            return Expected(sha, True, f"the published pretraining run of {row.label} {_short(sha)}")
         if run.pretrain:
-            from .suites import pretrain_dir
-
-            path = pretrain_dir(run, self.opts) / "upstream.pt"
+            path = pretrain_dir(run, self.opts.expdir, self.opts.pretrain_overrides) / "upstream.pt"
             where = f"pretraining run {path.parent}"
-            return self._file_checkpoint(path, where, f"{where}: not found (run the suite, or give the sweep's "
-                                                      f"--expdir)")
+            missing = f"{where}: not found (run the suite, or give the sweep's --expdir)"
+            return self._file_checkpoint(path, where, missing)
         if run.ckpt:
-            from upstream.registry import checkpoint_dir
+            from upstream.download import checkpoint_dir
 
             path = Path(run.ckpt).expanduser()
             path = path if path.is_absolute() or path.exists() else checkpoint_dir() / run.ckpt
@@ -250,9 +248,10 @@ class Provenance:
         if not self.check_enabled:
             return ""
         fate = "left out (--strict)" if self.strict else "listed under 'Other runs' with what differs"
-        return ("Ours counts only records that are the row's run: its checkpoint (sha256 of the official file or "
-                "of the row's pretraining run) and its downstream configuration (resolved config; seed and fold "
-                f"aside) as the row specifies; other records of these rows' labels or upstreams are {fate}.")
+        return ("Ours counts only records that are the row's run: its checkpoint (sha256 of the official "
+                "file or of the row's pretraining run) and its downstream configuration (resolved config; "
+                "seed and fold aside) as the row specifies; other records of these rows' labels or upstreams "
+                f"are {fate}.")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -278,9 +277,9 @@ def _short(sha: str | None) -> str:
 
 
 def _published_sha256(file: str) -> str | None:
-    from upstream.download import OFFICIAL
+    from upstream.download import released
 
-    return next((e.sha256 for e in OFFICIAL if e.file == file and e.sha256), None)
+    return next((e.sha256 for e in released() if e.file == file and e.sha256), None)
 
 
 # ------------------------------------------------------------------------------------------ user rows
@@ -292,31 +291,22 @@ def load_user_rows(path: str | Path) -> list[UserRow]:
 
         rows:
           - label: TinyCNN (mine)             # the Row text; runs labelled so (--label) are its records
-            upstream: tinycnn:builder         # records of this upstream without a label of their own count too
-            checkpoint: exp/tinycnn.pt        # optional: a file (relative to this YAML's folder), or sha256:<hex>
+            upstream: tinycnn:builder         # records of this upstream without a label of their own too
+            checkpoint: exp/tinycnn.pt        # optional: a file (relative to this YAML) or sha256:<hex>
             tasks: [esc50, speech_commands_v2]   # optional: only these columns
             tables: [ssast_main]              # optional: only these tables
-            overrides: [runner.total_steps=2000]   # optional: the -o its runs used (the protocol it is held to)
+            overrides: [runner.total_steps=2000]   # optional: the -o its runs used (its protocol)
             layer: 3                          # optional: the -l its runs used
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"rows file {path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"rows file {path}: not valid YAML: {' '.join(str(err).split())}") from None
+    data = read_yaml(path, f"rows file {path}")
     if not isinstance(data, Mapping) or set(data) != {"rows"} or not isinstance(data["rows"], list) \
             or not data["rows"]:
         raise ValueError(f"rows file {path}: must be a mapping with one key 'rows', a non-empty list of rows")
     rows, seen = [], set()
     for i, item in enumerate(data["rows"]):
         where = f"rows file {path}: rows[{i}]"
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{where} must be a mapping, got {type(item).__name__}")
-        unknown = [k for k in item if k not in USER_ROW_KEYS]
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {list(USER_ROW_KEYS)}")
+        item = require_keys(item, where, (), USER_ROW_KEYS)  # label and upstream: checked with their types
         for key in ("label", "upstream"):
             if not isinstance(item.get(key), str) or not item[key].strip():
                 raise ValueError(f"{where}: '{key}' must be a non-empty string, got {item.get(key)!r}")
@@ -354,8 +344,9 @@ def load_user_rows(path: str | Path) -> list[UserRow]:
 
 
 def user_rows_from_labels(labels: Sequence[str], records: Sequence[results.ResultRecord]) -> list[UserRow]:
-    """``--row LABEL``: the records labelled ``LABEL`` (or of upstream ``LABEL`` without a label of their own),
-    any checkpoint, the default protocol; ValueError when none or several upstreams have such records."""
+    """``--row LABEL``: the records labelled ``LABEL`` (or of upstream ``LABEL`` without a label of their
+    own), any checkpoint, the default protocol; ValueError when none or several upstreams have such
+    records."""
     rows = []
     for label in labels:
         ups = sorted({r.upstream for r in records if r.label == label})

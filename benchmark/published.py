@@ -1,6 +1,6 @@
-"""Published paper numbers as data, one YAML file per paper: the tables of the texts at hand (SSAST's AAAI 2022
-poster; ASiT's arXiv v1; the MAE-AST text at hand prints no numbers, so its file holds the row ASiT cites and its
-variants with empty cells).
+"""Published paper numbers as data, one YAML file per paper: the tables of the texts at hand (SSAST's AAAI
+2022 poster; ASiT's arXiv v1; the MAE-AST text at hand prints no numbers, so its file holds the row ASiT cites
+and its variants with empty cells).
 
 ``benchmark/published/<paper>.yaml`` holds the tables; this module loads them into frozen dataclasses and
 validates them strictly, so a typo fails loudly instead of producing a wrong comparison::
@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from astbench.resources import config_path, published_dir, shipped_path
+from common.resources import config_path, published_dir, shipped_path
+from common.yamlfile import read_yaml, require_keys
 
 __all__ = ["Column", "PaperTable", "PublishedError", "Row", "RunSpec", "PUBLISHED_DIR", "get_table",
-           "load_tables"]
+           "load_tables", "select_tables"]
 
 PUBLISHED_DIR = published_dir()
 PRETRAIN_DIR = config_path("pretrain")  # rows name recipes as configs/pretrain/<file>.yaml
@@ -134,8 +133,9 @@ def load_tables(paths: Iterable[str | Path] | None = None, check_runs: bool = Tr
             for row in table.rows:
                 where = f"{path}: table {table.id!r} row {row.label!r}"
                 if row.label in runs and runs[row.label][0] != row.run:
-                    raise PublishedError(f"{where}: 'run' differs from the same label in {runs[row.label][1]}; "
-                                         "one label is one run (use another label for another run)")
+                    raise PublishedError(f"{where}: 'run' differs from the same label in "
+                                         f"{runs[row.label][1]}; one label is one run (use another label for "
+                                         f"another run)")
                 runs.setdefault(row.label, (row.run, where))
                 if check_runs and row.run is not None:
                     _check_run(row.run, where)
@@ -152,14 +152,20 @@ def get_table(table_id: str, paths: Iterable[str | Path] | None = None) -> Paper
     raise ValueError(f"unknown published table {table_id!r}; known: {', '.join(t.id for t in tables)}")
 
 
+def select_tables(table_ids: Sequence[str] | None = None) -> list[PaperTable]:
+    """The published tables, or those named (in the order given); ValueError naming unknown ids."""
+    tables = load_tables()
+    if not table_ids:
+        return tables
+    by_id = {t.id: t for t in tables}
+    unknown = [t for t in table_ids if t not in by_id]
+    if unknown:
+        raise ValueError(f"unknown table id(s) {unknown}; known: {', '.join(by_id)}")
+    return [by_id[t] for t in table_ids]
+
+
 def _load_file(path: Path) -> list[PaperTable]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise PublishedError(f"{path}: cannot read: {err}") from None
-    except yaml.YAMLError as err:
-        raise PublishedError(f"{path}: not valid YAML: {err}") from None
-    top = _fields(data, path, "the file", required=("tables",))
+    top = _fields(read_yaml(path, error=PublishedError), path, "the file", required=("tables",))
     if not isinstance(top["tables"], list) or not top["tables"]:
         raise PublishedError(f"{path}: 'tables' must be a non-empty list")
     return [_table(item, path, i) for i, item in enumerate(top["tables"])]
@@ -168,15 +174,7 @@ def _load_file(path: Path) -> list[PaperTable]:
 def _fields(data: Any, path: Path, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
             ) -> dict[str, Any]:
     """``data`` as a mapping holding every ``required`` key and no key outside ``required + optional``."""
-    if not isinstance(data, Mapping):
-        raise PublishedError(f"{path}: {where} must be a mapping, got {type(data).__name__}")
-    unknown = [k for k in data if k not in required + optional]
-    if unknown:
-        raise PublishedError(f"{path}: {where}: unknown key(s) {unknown}; allowed: {list(required + optional)}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise PublishedError(f"{path}: {where}: missing key(s) {missing}")
-    return dict(data)
+    return require_keys(data, f"{path}: {where}", required, optional, error=PublishedError)
 
 
 def _text(value: Any, path: Path, where: str, key: str, allow_empty: bool = False) -> str:
@@ -206,7 +204,8 @@ def _table(data: Any, path: Path, index: int) -> PaperTable:
     if dup:
         raise PublishedError(f"{path}: {where}: duplicate row label(s) {dup}")
     return PaperTable(id=tid, paper=_text(d["paper"], path, where, "paper"),
-                      title=_text(d["title"], path, where, "title"), source=source, columns=columns, rows=rows,
+                      title=_text(d["title"], path, where, "title"), source=source, columns=columns,
+                      rows=rows,
                       notes=_text(d.get("notes", ""), path, where, "notes", allow_empty=True).strip())
 
 
@@ -236,17 +235,19 @@ def _row(data: Any, path: Path, where: str, columns: tuple[Column, ...], table_s
     by_key = {c.key: c for c in columns}
     unknown = [k for k in values if k not in by_key]
     if unknown:
-        raise PublishedError(f"{path}: {where}: 'values' key(s) {unknown} are not columns; columns: {list(by_key)}")
+        raise PublishedError(f"{path}: {where}: 'values' key(s) {unknown} are not columns; columns: "
+                             f"{list(by_key)}")
     missing = [k for k in by_key if k not in values]
     if missing:  # explicit nulls keep every transcription auditable
-        raise PublishedError(f"{path}: {where}: 'values' lacks column(s) {missing} (write null if not reported)")
+        raise PublishedError(f"{path}: {where}: 'values' lacks column(s) {missing} (write null if not "
+                             f"reported)")
     clean: dict[str, float | None] = {}
     for key, col in by_key.items():
         v = values[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                               or not 0 <= v <= col.scale):
-            raise PublishedError(f"{path}: {where}: values.{key} must be null or a number in [0, {col.scale:g}], "
-                                 f"got {v!r}")
+            raise PublishedError(f"{path}: {where}: values.{key} must be null or a number in "
+                                 f"[0, {col.scale:g}], got {v!r}")
         clean[key] = None if v is None else float(v)
     source = d.get("source") or f"{table_source}, row '{paper_label}'"
     return Row(label=label, paper_label=paper_label, source=_text(source, path, where, "source"),
@@ -265,12 +266,13 @@ def _run(data: Any, path: Path, where: str) -> RunSpec | None:
             _text(d[key], path, where, key)
     corpora = d.get("pretrain_data", [])
     if not isinstance(corpora, list) or not all(isinstance(c, str) and c.isidentifier() for c in corpora):
-        raise PublishedError(f"{path}: {where}: 'pretrain_data' must be a list of corpus names (identifiers), "
-                             f"got {corpora!r}")
+        raise PublishedError(f"{path}: {where}: 'pretrain_data' must be a list of corpus names "
+                             f"(identifiers), got {corpora!r}")
     for key in ("pretrain_overrides", "overrides"):
         items = d.get(key, [])
         if not isinstance(items, list) or not all(isinstance(s, str) and "=" in s for s in items):
-            raise PublishedError(f"{path}: {where}: '{key}' must be a list of 'key=value' strings, got {items!r}")
+            raise PublishedError(f"{path}: {where}: '{key}' must be a list of 'key=value' strings, got "
+                                 f"{items!r}")
     layer = d.get("layer")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
         raise PublishedError(f"{path}: {where}: 'layer' must be null or an int >= 0, got {layer!r}")
@@ -284,7 +286,8 @@ def _run(data: Any, path: Path, where: str) -> RunSpec | None:
     if spec.pretrain is not None and spec.pretrain_upstream is None:
         raise PublishedError(f"{path}: {where}: 'pretrain_upstream' is required when 'pretrain' is set")
     if spec.pretrain is not None and spec.ckpt is not None:
-        raise PublishedError(f"{path}: {where}: give 'ckpt' or 'pretrain', not both (pretraining makes the ckpt)")
+        raise PublishedError(f"{path}: {where}: give 'ckpt' or 'pretrain', not both (pretraining makes the "
+                             f"ckpt)")
     return spec
 
 
@@ -292,8 +295,8 @@ def _run(data: Any, path: Path, where: str) -> RunSpec | None:
 def _check_run(spec: RunSpec, where: str) -> None:
     """Check ``spec`` against the project: upstream registered, recipe present, every override known."""
     import upstream
-    from common.config import ConfigError, load_config
-    from downstream.runner import DownstreamConfig
+    from common.config import load_config
+    from downstream.config import DownstreamConfig
 
     names = upstream.list_upstreams()
     if spec.upstream not in names:
@@ -301,41 +304,34 @@ def _check_run(spec: RunSpec, where: str) -> None:
                              f"registered: {', '.join(names)}")
     try:
         load_config(DownstreamConfig, None, spec.overrides)
-    except (ConfigError, ValueError, TypeError) as err:
+    except (ValueError, TypeError) as err:  # ConfigError is a ValueError
         raise PublishedError(f"{where}: run.overrides: {err}") from None
     if spec.pretrain is not None:
         _check_pretrain(spec, where)
 
 
 def _check_pretrain(spec: RunSpec, where: str) -> None:
-    from run_pretrain import SHORTCUTS
-    from common.config import ConfigError, load_config
-    from upstream.asit import ASiTPretrainConfig
-    from upstream.mae_ast import MAEASTPretrainConfig
-    from upstream.objective import parse_objective_config
-    from pretrain.engine import PretrainConfig
-    from upstream.ssast import SSASTPretrainConfig
+    """The row's pretraining resolves as the sweep will run it, and its encoder is the row's upstream."""
+    import pretrain
+    from upstream.registry import get_family
 
     recipe = shipped_path(spec.pretrain, prefer_shipped=True).resolve()
     if recipe.parent != PRETRAIN_DIR or recipe.suffix != ".yaml" or not recipe.is_file():
-        raise PublishedError(f"{where}: run.pretrain {spec.pretrain!r} is not a recipe file under configs/pretrain/")
-    if spec.pretrain_upstream not in SHORTCUTS:
+        raise PublishedError(f"{where}: run.pretrain {spec.pretrain!r} is not a recipe file under "
+                             f"configs/pretrain/")
+    shortcuts = pretrain.shortcuts()
+    if spec.pretrain_upstream not in shortcuts:
         raise PublishedError(f"{where}: run.pretrain_upstream {spec.pretrain_upstream!r} is not one of "
-                             f"{sorted(SHORTCUTS)}")
-    shortcut = SHORTCUTS[spec.pretrain_upstream][0]
-    try:  # what run_pretrain.py -u <pretrain_upstream> -c <pretrain> -o ... resolves
-        cfg = load_config(PretrainConfig, recipe, spec.pretrain_overrides, base={"objective": shortcut})
-        for key, want in shortcut.items():
-            if cfg.objective.get(key) != want:
-                raise ConfigError(f"-u {spec.pretrain_upstream} needs objective.{key}={want!r}, the recipe or "
-                                  f"an override gives {cfg.objective.get(key)!r}")
-        family = cfg.objective["family"]
-        classes = {"ssast": SSASTPretrainConfig, "mae_ast": MAEASTPretrainConfig, "asit": ASiTPretrainConfig}
-        obj = parse_objective_config(classes[family], cfg.objective, family)
-    except (ConfigError, ValueError, TypeError, KeyError) as err:
+                             f"{sorted(shortcuts)}")
+    try:  # what the sweep's pretraining (= run_pretrain.py -u <pretrain_upstream> -c <pretrain> -o ...) runs
+        cfg = pretrain.resolve_config(spec.pretrain_upstream, recipe, spec.pretrain_overrides,
+                                      out_dir=pretrain.PretrainConfig().out_dir)
+        family = get_family(cfg.objective["family"])
+        objective = family.parse_objective(cfg.objective)
+    except (ValueError, TypeError, KeyError) as err:  # ConfigError is a ValueError
         raise PublishedError(f"{where}: run.pretrain / pretrain_overrides: {err}") from None
     # the downstream upstream must be the same family, token and size as the pretrained encoder
-    want = f"{family}_{obj.size}" if family == "asit" else f"{family}_{obj.token}"
+    want = family.upstream_prefix(objective)
     if not spec.upstream.startswith(want):
         raise PublishedError(f"{where}: run.upstream {spec.upstream!r} does not match the pretrained encoder "
                              f"({want}...)")

@@ -1,4 +1,4 @@
-"""Suites: sweep rows x tasks x modes x seeds x folds of a table through ``run_downstream.py``.
+"""Suites: sweep rows x tasks x modes x seeds x folds of a table through ``downstream.run``.
 
     python -m benchmark run --list                                   # suites and their job counts
     python -m benchmark run ssast_masked_patches --data-root DATA --pretrain-data UNLABELED --seeds 1 2 3
@@ -7,43 +7,45 @@
 
 A suite is a table of ``benchmark/published`` (or one built in code, like the demo's): each row that says how
 it is produced (``Row.run``) gives one job per column (task x mode), seed and fold. A row whose ``RunSpec``
-names a pretraining recipe is pretrained first with ``run_pretrain.py`` (shared between rows and tables with the
-same recipe and overrides, resumed if a previous sweep was killed). Each job then calls ``run_downstream.main``
-with ``--label <row>``, so its result records land in the table's row.
+names a pretraining recipe is pretrained first (:mod:`benchmark.pretraining`, shared between rows and tables
+with the same recipe and overrides, resumed if a previous sweep was killed). Each job is one
+:class:`downstream.DownstreamJob` labelled with its row, so its result records land in the table's row.
 
-Re-running a suite is how it resumes: a job whose test record already exists (same label, task, mode, seed and
-fold, and the same upstream checkpoint) is skipped; a job killed part-way continues from its ``last.ckpt``. The
-plan is fixed when the sweep starts, so every rank of a torchrun sweep runs the same jobs in the same order.
+Re-running a suite is how it resumes: a job whose test record already exists (same label, task, mode, seed
+and fold, and the same upstream checkpoint) is skipped; a job killed part-way continues from its
+``last.ckpt``. The plan is fixed when the sweep starts, so every rank of a torchrun sweep runs the same jobs
+in the same order.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
-from astbench.resources import shipped_path
+import downstream
+from common.distributed import DistContext, setup_distributed
+from downstream import results
+from downstream.tasks import TASKS
 
-from . import results
-from common.config import temp_path
+from .pretrain_runs import ensure_pretrained, pretrain_dir
 from .published import PaperTable, RunSpec, get_table, load_tables
 
-FOLDS = {"esc50": (1, 2, 3, 4, 5), "iemocap": (1, 2, 3, 4, 5)}
+__all__ = ["Job", "SuiteError", "SuiteOptions", "SuiteReport", "downstream_job", "is_done", "plan",
+           "run_name", "run_suite", "select_fold_runs", "task_folds"]
 
 
 class SuiteError(ValueError):
-    """A suite cannot be planned (unknown name or filter, missing pretraining data, ...)."""
+    """A suite cannot be planned (unknown name or filter, missing pretraining data, ...) or a job failed."""
 
 
 # ------------------------------------------------------------------------------------------ plan
 @dataclass(frozen=True)
 class Job:
-    """One ``run_downstream.py`` invocation: a table cell's run for one seed and fold."""
+    """One downstream run of a sweep: a table cell's run for one seed and fold."""
 
     table: str
     label: str
@@ -69,9 +71,12 @@ def _safe(name: str) -> str:
 
 @dataclass
 class SuiteOptions:
-    data_root: str | None = None  # run_downstream.py --data-root (default $ASTBENCH_DATA)
-    pretrain_data: str | None = None  # run_pretrain.py --data for rows that pretrain and name no corpus
-    pretrain_corpora: dict = field(default_factory=dict)  # corpus name -> folder or manifest (RunSpec.pretrain_data)
+    """How a sweep runs its jobs; the ``benchmark run`` flag each field comes from is in brackets."""
+
+    data_root: str | None = None  # the jobs' data folder [--data-root] (default $ASTBENCH_DATA)
+    pretrain_data: str | None = None  # pretraining data of rows that name no corpus [--pretrain-data DIR]
+    # corpus name -> folder or manifest, for rows naming corpora (RunSpec.pretrain_data) [--pretrain-data]
+    pretrain_corpora: dict = field(default_factory=dict)
     seeds: Sequence[int] = (1337,)
     rows: Sequence[str] = ()  # only these row labels (empty: all)
     tasks: Sequence[str] = ()  # only these tasks
@@ -80,18 +85,25 @@ class SuiteOptions:
     expdir: str = "exp/suites"  # <expdir>/pretrain/<run>, <expdir>/downstream/<table>/<job>
     results: str = str(results.DEFAULT_PATH)
     device: str | None = None
-    cache_dir: str | None = None  # run_downstream.py --cache-dir (frozen features; default $ASTBENCH_CACHE)
+    cache_dir: str | None = None  # frozen-feature cache [--cache-dir] (default $ASTBENCH_CACHE)
     config_dir: str | None = None  # <config_dir>/<task>[_finetune].yaml instead of configs/downstream/
     downstream_overrides: Sequence[str] = ()  # -o for every job (after the row's own)
-    pretrain_overrides: Sequence[str] = ()  # -o for every pretraining run (after the row's own)
+    pretrain_overrides: Sequence[str] = ()  # pretraining -o for every pretraining run (after the row's own)
     fail_fast: bool = False
+
+
+def task_folds(task: str) -> tuple[int | None, ...]:
+    """The folds a job of ``task`` runs: the task's (``TaskSpec.folds``), or ``(None,)`` for one run."""
+    spec = TASKS.get(task)
+    return tuple(spec.folds) if spec is not None and spec.folds else (None,)
 
 
 def plan(table: PaperTable, opts: SuiteOptions) -> list[Job]:
     """Every job of ``table`` under the filters of ``opts``, in a fixed order (row, column, seed, fold)."""
     labels = {row.label for row in table.rows}
-    for name, wanted, known in (("row", opts.rows, labels), ("task", opts.tasks, {c.task for c in table.columns}),
-                                ("mode", opts.modes, {c.mode for c in table.columns})):
+    tasks, modes = {c.task for c in table.columns}, {c.mode for c in table.columns}
+    for name, wanted, known in (("row", opts.rows, labels), ("task", opts.tasks, tasks),
+                                ("mode", opts.modes, modes)):
         unknown = sorted(set(wanted) - known)
         if unknown:
             raise SuiteError(f"suite {table.id!r} has no {name}(s) {unknown}; it has {sorted(known)}")
@@ -102,112 +114,26 @@ def plan(table: PaperTable, opts: SuiteOptions) -> list[Job]:
         for col in table.columns:
             if (opts.tasks and col.task not in opts.tasks) or (opts.modes and col.mode not in opts.modes):
                 continue
-            folds = [f for f in FOLDS.get(col.task, (None,)) if f is None or not opts.folds or f in opts.folds]
+            folds = [f for f in task_folds(col.task) if f is None or not opts.folds or f in opts.folds]
             for seed in opts.seeds:
                 for fold in folds:
                     jobs.append(Job(table.id, row.label, row.run, col.task, col.mode, seed, fold))
     return list(dict.fromkeys(jobs))  # two columns of one (task, mode) with other metrics: one run
 
 
-# ------------------------------------------------------------------------------------------ pretraining
-def pretrain_dir(run: RunSpec, opts: SuiteOptions) -> Path:
-    """Where the pretraining of ``run`` lives: named by recipe plus a hash of everything that changes it, so
-    rows (and tables) asking for the same pretraining share one run."""
-    overrides = list(run.pretrain_overrides) + list(opts.pretrain_overrides)
-    corpora = [f"data={'+'.join(run.pretrain_data)}"] if run.pretrain_data else []
-    key = "\n".join([str(run.pretrain_upstream), Path(run.pretrain).as_posix(), *overrides, *corpora])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return Path(opts.expdir) / "pretrain" / f"{Path(run.pretrain).stem}-{digest}"
-
-
-def ensure_pretrained(run: RunSpec, opts: SuiteOptions, log: Callable[[str], None] = print) -> Path:
-    """Pretrain ``run`` unless done (resuming a killed run); returns its ``upstream.pt``."""
-    import run_pretrain
-
-    out = pretrain_dir(run, opts)
-    done = out / "upstream.pt"
-    if done.is_file() and not (out / "last.ckpt").is_file():
-        return done
-    if done.is_file() and _pretrain_finished(out):
-        return done
-    data = pretrain_data(run, opts, out)
-    argv = ["-u", run.pretrain_upstream, "-c", str(_repo_path(run.pretrain)), "--data", data,
-            "-n", out.name, "--expdir", str(out.parent)]
-    for item in list(run.pretrain_overrides) + list(opts.pretrain_overrides):
-        argv += ["-o", item]
-    if opts.device:
-        argv += ["--device", opts.device]
-    if (out / "last.ckpt").is_file():
-        argv.append("--resume")
-    log(f"pretraining {out.name}: run_pretrain.py {' '.join(argv)}")
-    code = run_pretrain.main(argv)
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # under torchrun rank 0 writes upstream.pt: wait for it
-        dist.barrier()
-    if code != 0 or not done.is_file():
-        raise SuiteError(f"pretraining {out} failed (exit code {code}); see its log above")
-    return done
-
-
-def pretrain_data(run: RunSpec, opts: SuiteOptions, out: Path) -> str:
-    """The ``--data`` of ``run``'s pretraining: the sweep's default, the one corpus the row names, or for several
-    corpora a JSONL manifest of all their audio files written next to the run (``<out>.data.jsonl``)."""
-    from pretrain.engine import list_audio_files
-
-    if not run.pretrain_data:
-        if not opts.pretrain_data:
-            raise SuiteError(f"row needs pretraining ({run.pretrain}) but no --pretrain-data DIR was given")
-        return opts.pretrain_data
-    missing = [name for name in run.pretrain_data if name not in opts.pretrain_corpora]
-    if missing:
-        raise SuiteError(f"row pretrains on {list(run.pretrain_data)}: pass --pretrain-data NAME=DIR for "
-                         f"{missing} (given: {sorted(opts.pretrain_corpora) or 'none'})")
-    if len(run.pretrain_data) == 1:
-        return opts.pretrain_corpora[run.pretrain_data[0]]
-    import json
-
-    manifest = out.with_name(out.name + ".data.jsonl")
-    if not manifest.is_file():  # written once: a resumed run must see the same file list
-        lines = [json.dumps({"path": str(Path(f).resolve())}) for name in run.pretrain_data
-                 for f in list_audio_files(opts.pretrain_corpora[name])]
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(manifest)
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, manifest)
-    return str(manifest)
-
-
-def _pretrain_finished(out: Path) -> bool:
-    """True when ``out/last.ckpt`` has reached the run's ``max_steps`` (a stopped run is resumed)."""
-    import yaml
-
-    from upstream.safe_load import load_checkpoint_file
-
-    cfg = yaml.safe_load((out / "config.yaml").read_text())
-    state = load_checkpoint_file(out / "last.ckpt", what="pretraining checkpoint")  # never runs code from it
-    return int(state["step"]) >= int(cfg["max_steps"])
-
-
-def _repo_path(path: str) -> Path:
-    """A recipe as the published tables name it (``configs/pretrain/x.yaml``: the shipped file)."""
-    return shipped_path(path, prefer_shipped=True)
-
-
 # ------------------------------------------------------------------------------------------ jobs
 def job_checkpoint(job: Job, opts: SuiteOptions, log: Callable[[str], None] = print) -> Path | None:
     """The upstream checkpoint a job runs on: its row's pretraining output, an official file looked up in
     ``$ASTBENCH_CHECKPOINTS``, or ``None`` (the upstream's own default: random init for test-size models)."""
-    from upstream.registry import checkpoint_dir
+    from upstream.download import checkpoint_dir, download_hint
 
     if job.run.pretrain:
-        return ensure_pretrained(job.run, opts, log)
+        return ensure_pretrained(job.run, opts.expdir, opts.pretrain_data, opts.pretrain_corpora,
+                                 opts.pretrain_overrides, opts.device, log)
     if job.run.ckpt:
         path = Path(job.run.ckpt).expanduser()
         path = path if path.is_absolute() or path.exists() else checkpoint_dir() / job.run.ckpt
         if not path.is_file():
-            from upstream.download import download_hint
-
             raise SuiteError(f"checkpoint {job.run.ckpt!r} not found (looked in {checkpoint_dir()}; "
                              f"set ASTBENCH_CHECKPOINTS){download_hint(Path(job.run.ckpt).name)}")
         return path
@@ -227,50 +153,35 @@ def is_done(job: Job, records: Sequence[results.ResultRecord], ckpt_sha: str | N
     return False
 
 
-def run_name(job: Job, opts: SuiteOptions) -> str:
-    """The job's run folder (and record ``expname``): its description plus a hash of the configuration
-    ``run_downstream.py`` resolves for it, so that changing a config or an override starts a new run instead of
-    resuming or skipping one made with other settings."""
-    import run_downstream
-
-    from common.config import config_to_dict
-
-    cfg, _ = run_downstream.resolve_config(run_downstream.parse_args(downstream_argv(job, None, opts, "x")))
-    config = config_to_dict(cfg)
-    config["run"] = {k: v for k, v in config["run"].items() if k not in ("expname", "data_root", "ckpt")}
-    return f"{job.expname}-{results.config_hash(config)[:8]}"
-
-
-def downstream_argv(job: Job, ckpt: Path | None, opts: SuiteOptions, name: str) -> list[str]:
-    """The ``run_downstream.py`` arguments of ``job``, run in folder ``name`` (:func:`run_name`)."""
+def downstream_job(job: Job, ckpt: Path | None, opts: SuiteOptions, name: str) -> downstream.DownstreamJob:
+    """The :class:`downstream.DownstreamJob` of ``job``, run in folder ``name`` (:func:`run_name`) under
+    ``<expdir>/downstream/<table>``; it resumes when that folder holds a ``last.ckpt``."""
     expdir = Path(opts.expdir) / "downstream" / _safe(job.table)
-    argv = ["-u", job.run.upstream, "-d", job.task, "-n", name, "--expdir", str(expdir),
-            "--results", opts.results, "--seed", str(job.seed), "--label", job.label]
-    if job.mode == "finetune":
-        argv.append("-f")
-    if job.fold is not None:
-        argv += ["--fold", str(job.fold)]
-    if ckpt is not None:
-        argv += ["--ckpt", str(ckpt)]
-    if job.run.layer is not None:
-        argv += ["-l", str(job.run.layer)]
+    config = None
     if opts.config_dir:
-        argv += ["-c", str(Path(opts.config_dir) / f"{job.task}{'_finetune' if job.mode == 'finetune' else ''}.yaml")]
-    for item in list(job.run.overrides) + list(opts.downstream_overrides):
-        argv += ["-o", item]
-    if opts.data_root:
-        argv += ["--data-root", opts.data_root]
-    if opts.device:
-        argv += ["--device", opts.device]
-    if opts.cache_dir:
-        argv += ["--cache-dir", opts.cache_dir]
-    if (expdir / name / "last.ckpt").is_file():
-        argv.append("--resume")
-    return argv
+        suffix = "_finetune" if job.mode == "finetune" else ""
+        config = str(Path(opts.config_dir) / f"{job.task}{suffix}.yaml")
+    return downstream.DownstreamJob(
+        upstream=job.run.upstream, task=job.task, finetune=job.mode == "finetune", layer=job.run.layer,
+        fold=job.fold, seed=job.seed, ckpt=str(ckpt) if ckpt is not None else None, name=name,
+        config=config, overrides=tuple(job.run.overrides) + tuple(opts.downstream_overrides),
+        data_root=opts.data_root, expdir=str(expdir), results=opts.results, label=job.label,
+        cache_dir=opts.cache_dir, resume=(expdir / name / "last.ckpt").is_file(), device=opts.device)
 
 
+def run_name(job: Job, opts: SuiteOptions) -> str:
+    """The job's run folder (and record ``expname``): its description plus a hash of the configuration it
+    resolves to (:func:`downstream.identity_hash`), so that changing a config or an override starts a new run
+    instead of resuming or skipping one made with other settings."""
+    cfg, _ = downstream.resolve(downstream_job(job, None, opts, "x"))
+    return f"{job.expname}-{downstream.identity_hash(cfg)[:8]}"
+
+
+# ------------------------------------------------------------------------------------------ the sweep
 @dataclass
 class SuiteReport:
+    """What a sweep did: the jobs run, skipped (done before) and failed (with why), and its time."""
+
     done: list[Job] = field(default_factory=list)  # ran now
     skipped: list[Job] = field(default_factory=list)  # record already there
     failed: list[tuple[Job, str]] = field(default_factory=list)
@@ -282,41 +193,21 @@ class SuiteReport:
 
 
 def run_suite(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None] | None = None) -> SuiteReport:
-    """Run every pending job of ``table``; see the module docstring for skipping and resuming."""
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    log = log or (print if rank == 0 else (lambda _msg: None))
-    group = _DistributedSweep(world, opts.device)
+    """Run every pending job of ``table``; see the module docstring for skipping and resuming.
+
+    Under torchrun the sweep holds one process group (``common.distributed``): pretraining and every job run
+    in it (each leaves a group it did not create alone), and ranks meet at a barrier after each job.
+    """
+    dist_ctx, _ = setup_distributed(opts.device)
+    log = log or (print if dist_ctx.is_main else (lambda _msg: None))
     try:
-        return _run_jobs(table, opts, log, rank, group)
+        return _run_jobs(table, opts, log, dist_ctx)
     finally:
-        group.close()
+        dist_ctx.close()
 
 
-class _DistributedSweep:
-    """Under torchrun, one process group for the whole sweep: pretraining and every downstream job run in it
-    (each leaves a group it did not create alone), and ranks meet at a barrier after each job."""
-
-    def __init__(self, world: int, device: str | None):
-        import torch
-        import torch.distributed as dist
-
-        self.dist, self.owns = dist, False
-        if world > 1 and not dist.is_initialized():
-            use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-            self.owns = True
-
-    def barrier(self) -> None:
-        if self.dist.is_initialized():
-            self.dist.barrier()
-
-    def close(self) -> None:
-        if self.owns and self.dist.is_initialized():
-            self.dist.destroy_process_group()
-
-
-def _run_jobs(table: PaperTable, opts: SuiteOptions, log, rank: int, group: _DistributedSweep) -> SuiteReport:
-    import run_downstream
+def _run_jobs(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None], dist_ctx: DistContext
+              ) -> SuiteReport:
     from upstream.checkpoint import file_sha256
 
     jobs = plan(table, opts)
@@ -339,43 +230,41 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log, rank: int, group: _Dis
                 continue
             log(f"{tag}: running")
             t0 = time.perf_counter()
-            code = run_downstream.main(downstream_argv(job, ckpt, opts, name))
-            if code != 0:
-                raise SuiteError(f"run_downstream.py exited with code {code}")
+            downstream.run(downstream_job(job, ckpt, opts, name))
             report.done.append(job)
-            group.barrier()  # rank 0 has written the job's records before anyone plans on
+            dist_ctx.barrier()  # rank 0 has written the job's records before anyone plans on
             log(f"{tag}: finished in {time.perf_counter() - t0:.0f} s")
-        except (SuiteError, FileNotFoundError, ValueError) as err:
-            report.failed.append((job, str(err)))
-            log(f"{tag}: FAILED: {err}")
+        except (ValueError, FileNotFoundError, FloatingPointError) as err:  # FloatingPointError: a NaN loss
+            why = " ".join(str(err).split())
+            report.failed.append((job, why))
+            log(f"{tag}: FAILED: {why}")
             if opts.fail_fast:
                 break
-    if rank == 0:
-        select_esc50(jobs, names, opts, log)
+    if dist_ctx.is_main:
+        select_fold_runs(jobs, names, opts, log)
     report.seconds = time.perf_counter() - start
-    log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} failed "
-        f"in {report.seconds:.0f} s")
+    log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} "
+        f"failed in {report.seconds:.0f} s")
     return report
 
 
-def select_esc50(jobs: Sequence[Job], names: dict, opts: SuiteOptions, log: Callable[[str], None] = print) -> int:
-    """SSAST's ESC-50 selection for every finished 5-fold group of ``jobs`` (run folders ``names[job]``): one
-    step for all folds, chosen on the fold-averaged test curve of their ``evals.jsonl``; appends one
-    ``results.ESC50_SELECTED_SPLIT`` record per fold (a copy of the fold's test record with the value at that
-    step). Returns the records written."""
-    from dataclasses import replace
-
-    from downstream.metrics import esc50_select_runs
-
+def select_fold_runs(jobs: Sequence[Job], names: dict[Job, str], opts: SuiteOptions,
+                     log: Callable[[str], None] = print) -> int:
+    """The recipe's selection across folds for every finished fold group of ``jobs`` whose task has one
+    (``TaskSpec.select_runs``; ESC-50: SSAST's one step for all folds, chosen on the fold-averaged test curve
+    of their ``evals.jsonl``). Appends one record of split ``TaskSpec.selected_split`` per fold (a copy of the
+    fold's test record with the value at that step). Returns the records written."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        if job.task == "esc50":
-            groups.setdefault((job.table, job.label, job.mode, job.seed), []).append(job)
+        spec = TASKS.get(job.task)
+        if spec is not None and spec.select_runs is not None:
+            groups.setdefault((job.table, job.label, job.task, job.mode, job.seed), []).append(job)
     records = results.load(opts.results)
     written = 0
     for group in groups.values():
         group = sorted(group, key=lambda j: j.fold)
-        if [j.fold for j in group] != list(FOLDS["esc50"]) or not all(j in names for j in group):
+        spec = TASKS[group[0].task]
+        if [j.fold for j in group] != list(spec.folds) or not all(j in names for j in group):
             continue  # a sweep restricted to some folds (or stopped early) cannot select
         folds = {names[j]: j.fold for j in group}
         tests, done = {}, set()
@@ -383,30 +272,33 @@ def select_esc50(jobs: Sequence[Job], names: dict, opts: SuiteOptions, log: Call
             if r.expname in folds and r.fold == folds[r.expname] and r.label == group[0].label:
                 if r.split == "test":
                     tests[r.fold] = r  # the file is in time order: the newest wins
-                elif r.split == results.ESC50_SELECTED_SPLIT:
+                elif r.split == spec.selected_split:
                     done.add((r.fold, r.ckpt_sha256))
         if len(tests) < len(group) or all((f, t.ckpt_sha256) in done for f, t in tests.items()):
             continue
         expdir = Path(opts.expdir) / "downstream" / _safe(group[0].table)
-        chosen = esc50_select_runs([expdir / names[j] for j in group])
+        chosen = spec.select_runs([expdir / names[j] for j in group])
         for job, value in zip(group, chosen["fold_accuracies"]):
-            results.append(replace(tests[job.fold], split=results.ESC50_SELECTED_SPLIT, value=float(value),
+            results.append(replace(tests[job.fold], split=spec.selected_split, value=float(value),
                                    step=chosen["step"], timestamp=""), opts.results)
             written += 1
-        log(f"{group[0].label} / esc50 / {group[0].mode} / seed {group[0].seed}: step {chosen['step']} chosen on "
-            f"the fold-averaged test curve, mean accuracy {chosen['mean_accuracy']:.4f}")
+        first = group[0]
+        log(f"{first.label} / {first.task} / {first.mode} / seed {first.seed}: step {chosen['step']} chosen "
+            f"on the fold-averaged test curve, mean accuracy {chosen['mean_accuracy']:.4f}")
     return written
 
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``python -m benchmark run``."""
     p.add_argument("suite", nargs="?", help="a table id (see --list)")
     p.add_argument("--list", action="store_true", help="list the suites and their job counts")
     p.add_argument("--dry-run", action="store_true", help="print the plan and whether each job is done")
     p.add_argument("--data-root", default=None, help="datasets folder (default $ASTBENCH_DATA)")
     p.add_argument("--pretrain-data", action="append", default=[], metavar="[NAME=]DIR",
-                   help="unlabeled audio for rows that pretrain: DIR (or manifest) for rows naming no corpus, "
-                        "NAME=DIR for rows naming corpus NAME (e.g. librispeech=/data/LibriSpeech); repeatable")
+                   help="unlabeled audio for rows that pretrain: DIR (or manifest) for rows naming no "
+                        "corpus, NAME=DIR for rows naming corpus NAME (e.g. librispeech=/data/LibriSpeech); "
+                        "repeatable")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337])
     p.add_argument("--rows", nargs="+", default=[], help="only these row labels")
     p.add_argument("--tasks", nargs="+", default=[], help="only these tasks")
@@ -416,12 +308,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default=str(results.DEFAULT_PATH))
     p.add_argument("--device", default=None)
     p.add_argument("--cache-dir", default=None, help="frozen-feature cache (default $ASTBENCH_CACHE)")
-    p.add_argument("-o", "--override", action="append", default=[], help="run_downstream.py -o for every job")
-    p.add_argument("--pretrain-override", action="append", default=[], help="run_pretrain.py -o for every run")
+    p.add_argument("-o", "--override", action="append", default=[], help="downstream -o for every job")
+    p.add_argument("--pretrain-override", action="append", default=[], help="pretraining -o for every run")
     p.add_argument("--fail-fast", action="store_true")
 
 
 def _parse_pretrain_data(items: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    """``--pretrain-data`` values: the one without a name (the default) and NAME=DIR corpora."""
     default, corpora = None, {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -437,6 +330,7 @@ def _parse_pretrain_data(items: Sequence[str]) -> tuple[str | None, dict[str, st
 
 
 def run(args: argparse.Namespace) -> int:
+    """List, plan (``--dry-run``) or run a suite; exit code 0, 1 (a job failed) or 2 (one error line)."""
     try:
         if args.list or not args.suite:
             for table in load_tables():
@@ -446,21 +340,23 @@ def run(args: argparse.Namespace) -> int:
         table = get_table(args.suite)
         default, corpora = _parse_pretrain_data(args.pretrain_data)
         opts = SuiteOptions(data_root=args.data_root, pretrain_data=default, pretrain_corpora=corpora,
-                            seeds=args.seeds,
-                            rows=args.rows, tasks=args.tasks, modes=args.modes, folds=args.folds,
-                            expdir=args.expdir, results=args.results, device=args.device, cache_dir=args.cache_dir,
-                            downstream_overrides=args.override, pretrain_overrides=args.pretrain_override,
-                            fail_fast=args.fail_fast)
+                            seeds=args.seeds, rows=args.rows, tasks=args.tasks, modes=args.modes,
+                            folds=args.folds,
+                            expdir=args.expdir, results=args.results, device=args.device,
+                            cache_dir=args.cache_dir, downstream_overrides=args.override,
+                            pretrain_overrides=args.pretrain_override, fail_fast=args.fail_fast)
         if args.dry_run:
             records = results.load(opts.results)
             for job in plan(table, opts):
                 state = "done" if is_done(job, records, None, run_name(job, opts)) else "pending"
-                pre = f" (pretrain {pretrain_dir(job.run, opts)})" if job.run.pretrain else ""
+                pre = ""
+                if job.run.pretrain:
+                    pre = f" (pretrain {pretrain_dir(job.run, opts.expdir, opts.pretrain_overrides)})"
                 print(f"{state:8s} {job.describe()}{pre}")
             return 0
         report = run_suite(table, opts)
-    except (SuiteError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ValueError as err:  # SuiteError, PublishedError, a job that cannot be resolved, ...
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for job, why in report.failed:
         print(f"failed: {job.describe()}: {why}", file=sys.stderr)

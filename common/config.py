@@ -13,27 +13,26 @@ Type rules (annotation -> accepted values): ``int`` (not bool), ``float`` (ints 
 because YAML 1.1 reads ``1e-4`` as a string), ``bool``, ``str`` (a CLI value is kept verbatim, so
 ``name=007`` stays ``"007"``), ``X | None`` (``null``, ``~`` or ``None``), ``list[X]``, ``tuple[X, ...]``,
 ``tuple[X, Y]``, ``Literal[...]``, ``dict`` / ``dict[str, X]``, nested dataclasses, ``Any``.
+
+What a run does with its config folder (one run per folder, locks, resumes) is :mod:`common.rundir`'s.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
-import json
 import os
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from common.files import tmp_path, write_atomic
+from common.files import write_atomic
 
-__all__ = ["ConfigError", "check_run_dir", "config_diff", "config_from_dict", "config_to_dict", "dump_config",
-           "ensure_writable_dir", "load_config", "merge_config", "os_reason", "parse_override", "read_saved_config",
-           "run_dir_lock", "temp_path"]
+__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "flatten_config",
+           "load_config", "merge_config", "parse_override"]
 
 _MISSING = object()
 
@@ -383,22 +382,6 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
 
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """A temporary name next to ``path``, unique per writer (host + pid + random suffix): two processes writing
-    the same file at once each rename their own complete copy into place, never each other's half-written one."""
-    return tmp_path(Path(path))
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the lines of a ``{"step": ...}`` log up to ``step``, atomically: a run that resumes from a checkpoint
-    redoes the steps logged after it (pretraining's ``losses.jsonl``, a downstream run's ``evals.jsonl``)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-             if ln.strip() and json.loads(ln)["step"] <= step]
-    write_atomic(path, "".join(ln + "\n" for ln in lines))
-
-
 def dump_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
     path = Path(path)
@@ -407,7 +390,7 @@ def dump_config(cfg: Any, path: str | os.PathLike) -> None:
     write_atomic(path, text)
 
 
-# ------------------------------------------------------------------------------------------ run folders
+# ------------------------------------------------------------------------------------------ flattening
 def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves (tuples compared as lists)."""
     if isinstance(tree, Mapping) and tree:
@@ -416,141 +399,3 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten_config(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): config_to_dict(tree)}
-
-
-def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = ()) -> list[str]:
-    """The keys whose values differ between two config trees, one readable line each, in key order.
-
-    Keys are dotted (``optimizer.lr``); ``ignore`` lists keys (or section prefixes, ``run.data_root``) left out
-    of the comparison. Values compare as their JSON text, so ``1e-4`` read back from YAML equals ``0.0001``.
-
-    >>> config_diff({"run": {"seed": 1}, "lr": 0.1}, {"run": {"seed": 7}, "lr": 0.1})
-    ['run.seed was 1, now 7']
-    """
-    ignore = tuple(ignore)
-    old, new = flatten_config(saved), flatten_config(current)
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        if any(key == i or key.startswith(i + ".") for i in ignore):
-            continue
-        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a is _MISSING:
-            lines.append(f"{key} is new (now {b!r})")
-        elif b is _MISSING:
-            lines.append(f"{key} was {a!r}, now absent")
-        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            lines.append(f"{key} was {a!r}, now {b!r}")
-    return lines
-
-
-def read_saved_config(path: str | os.PathLike) -> dict:
-    """The resolved config a run saved (``config.yaml``), as plain data; ConfigError if unreadable."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read the saved config {path}: {err}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"the saved config {path} is not a mapping of keys to values")
-    return dict(data)
-
-
-def check_run_dir(run_dir: str | os.PathLike, config: Mapping, resume: bool, ignore: Iterable[str] = (),
-                  markers: Sequence[str] = ("last.ckpt",), name_flag: str = "-n",
-                  allow_changes: bool = False) -> list[str]:
-    """Refuse to write a run into ``run_dir`` when that would mix it with another one.
-
-    * ``run_dir/config.yaml`` holds another configuration (keys in ``ignore`` aside): refused, with the
-      differing keys, whether resuming or not;
-    * not ``resume`` and the folder holds a run of this configuration (one of ``markers`` exists): refused,
-      the user passes ``--resume`` or a new name;
-    * ``resume`` and there is no ``run_dir/last.ckpt``: refused.
-
-    With ``allow_changes`` a resume may change the configuration; the differing keys are returned (else ``[]``).
-
-    Raises:
-        ConfigError: naming the folder and, for a changed configuration, every differing key.
-    """
-    run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        diff = config_diff(read_saved_config(saved), config, ignore)
-        if diff and resume and allow_changes:
-            if not (run_dir / "last.ckpt").is_file():
-                raise ConfigError(f"--resume: no checkpoint {run_dir / 'last.ckpt'} to continue from")
-            return diff
-        if diff and resume:
-            raise ConfigError(f"cannot resume {run_dir}: the configuration changed: {'; '.join(diff)}. Resume with "
-                              f"the run's own settings, or start a new run with another {name_flag} NAME")
-        if diff:
-            raise ConfigError(f"{run_dir} holds a run of another configuration: {'; '.join(diff)}. Choose another "
-                              f"{name_flag} NAME for this run")
-    if resume and not (run_dir / "last.ckpt").is_file():
-        raise ConfigError(f"--resume: no checkpoint {run_dir / 'last.ckpt'} to continue from (drop --resume to "
-                          f"start the run)")
-    held = [m for m in markers if (run_dir / m).exists()]
-    if not resume and held:
-        raise ConfigError(f"{run_dir} already holds a run of this configuration ({', '.join(held)}); pass "
-                          f"--resume to continue it, or another {name_flag} NAME to start a new one")
-    return []
-
-
-def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create folder ``path`` if needed and check that a file can be written in it; ConfigError otherwise.
-
-    Done before a run starts so that an unwritable output fails in a second, not after hours of training.
-    """
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = temp_path(path / "write-check")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"{what} {path} is not writable: {os_reason(err)}") from None
-    return path
-
-
-def os_reason(err: OSError) -> str:
-    """Why a path could not be created or written, in words: ``'/x/f' is a file, not a folder``, or the OS's
-    message with the path it concerns."""
-    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:
-        blocker = Path(err.filename)
-        while blocker != blocker.parent and not blocker.exists():  # the component that is a file
-            blocker = blocker.parent
-        if blocker.is_file():
-            return f"{blocker} is a file, not a folder"
-    where = f" ({err.filename})" if err.filename else ""
-    return f"{err.strerror or type(err).__name__}{where}"
-
-
-@contextlib.contextmanager
-def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` while a run writes into it; a second process asking for the same
-    folder at the same time gets a ConfigError at once (``fcntl.flock``; a no-op where it is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise ConfigError(f"run folder {run_dir} is not writable: {os_reason(err)}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise ConfigError(f"{run_dir} is in use by another run (process {holder}); wait for it to end or "
-                              f"choose another experiment name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

@@ -2,17 +2,20 @@
 
 Used by ``downstream.cache`` (frozen upstream features) and ``pretrain.fbank_cache`` (pretraining fbanks).
 
-* Temporary names are unique per writer, ``<name>.<host>.<pid>.<random>.tmp`` next to the final file, and
-  renamed into place (``os.replace``, atomic on one filesystem), so two writers never share a half-written file.
-* :func:`locked` holds an exclusive ``fcntl.flock`` on a lock file next to what it guards, so two processes
-  building the same shard do the work once: the second waits, then finds the finished shard. The kernel releases
-  the lock when its holder dies, so a killed build never blocks the next one. Where ``flock`` is unavailable
-  (no ``fcntl``, or a filesystem without locks) the block runs unlocked: the unique names still keep both writers
-  correct, they just both do the work.
-* :class:`HashingWriter` checksums a file while it is written (no second read); :func:`file_checksum` checks it.
-* :func:`remove_stale_tmps` deletes what dead writers left: a temporary file whose writer (same host) is no longer
-  running, or that nobody has written to for :data:`STALE_AFTER_S` (a writer on another host, or a file named by
-  an older version, ``*.tmp`` without a pid). A live writer's file is never touched.
+* Temporary names are unique per writer, ``<name>.<host>.<pid>.<random>.tmp`` next to the final file,
+  and renamed into place (``os.replace``, atomic on one filesystem), so two writers never share a
+  half-written file.
+* :func:`locked` holds an exclusive ``fcntl.flock`` on a lock file next to what it guards, so two
+  processes building the same shard do the work once: the second waits, then finds the finished shard.
+  The kernel releases the lock when its holder dies, so a killed build never blocks the next one. Where
+  ``flock`` is unavailable (no ``fcntl``, or a filesystem without locks) the block runs unlocked: the
+  unique names still keep both writers correct, they just both do the work.
+* :func:`write_atomic` (text) and :func:`torch_save_atomic` (checkpoints) write through such a name.
+* :class:`HashingWriter` checksums a file while it is written (no second read); :func:`file_checksum`
+  checks it.
+* :func:`remove_stale_tmps` deletes what dead writers left: a temporary file whose writer (same host) is
+  no longer running, or that nobody has written to for :data:`STALE_AFTER_S` (a writer on another host,
+  or a file named by an older version, ``*.tmp`` without a pid). A live writer's file is never touched.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -48,6 +52,20 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = tmp_path(path)
     try:
         tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` through a temporary file of this writer, renamed into place: a reader
+    (or a run killed mid-write) never sees a half-written checkpoint."""
+    import torch  # here, so that the text-only users of this module do not load torch
+
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -77,8 +95,8 @@ def is_stale(tmp: Path, now: float | None = None) -> bool:
 
 def remove_stale_tmps(folder: Path, log: Callable[[str], None] | None = None,
                       patterns: tuple[str, ...] = ("*.tmp",)) -> int:
-    """Delete the stale temporary files (names matching ``patterns``) directly in ``folder``; returns the bytes
-    freed."""
+    """Delete the stale temporary files (names matching ``patterns``) directly in ``folder``; returns the
+    bytes freed."""
     freed, names = 0, []
     for tmp in {p for pattern in patterns for p in folder.glob(pattern)}:
         if tmp.is_file() and is_stale(tmp):
@@ -95,8 +113,9 @@ def remove_stale_tmps(folder: Path, log: Callable[[str], None] | None = None,
 
 
 def cannot_write(err: OSError, folder: Path) -> bool:
-    """Whether ``err`` says ``folder`` (or a folder above it, being created) cannot be written: a permission error
-    or a read-only filesystem on a path in it, not, say, an unreadable input file elsewhere."""
+    """Whether ``err`` says ``folder`` (or a folder above it, being created) cannot be written: a
+    permission error or a read-only filesystem on a path in it, not, say, an unreadable input file
+    elsewhere."""
     if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
         return False
     path = Path(err.filename or "")

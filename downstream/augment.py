@@ -9,15 +9,16 @@ weight averaging). Everything is batched on the device and drawn from one seeded
   zero-padded / cut to clip ``i``'s length, ``lambda ~ Beta(10, 10)``, the mix loses its mean, and the target
   is ``lambda * y_i + (1 - lambda) * y_partner``.
 * SpecAugment: torchaudio ``FrequencyMasking(freqm)`` + ``TimeMasking(timem)``, one mask each per clip, width
-  ``floor(U * param)`` in ``[0, param)``. SSAST masks the raw log-mel with 0 before normalising; the upstream's
-  front end has normalised already, so the mask value is ``(0 - mean) / (2 std)``, the same input.
+  ``floor(U * param)`` in ``[0, param)``. SSAST masks the raw log-mel with 0 before normalising; the
+  upstream's front end has normalised already, so the mask value is ``(0 - mean) / (2 std)``, the same input.
 * noise: ``fbank += U[0, 1)^(T, F) * U[0, 1) / 10``, then a roll in time by ``randint(-10, 10)`` frames.
 
-SpecAugment and noise apply to each input the upstream's front end produces: one per clip for a whole-clip
-upstream (MAE-AST) or when the clip fits one window, one per window when an upstream cuts a long clip into
-windows (SSAST's default 1 s windows), so the recipe's single 1024/512/128-frame input needs an upstream built
-with that window. An upstream without a ``.frontend`` module (a plug-in that computes its own input) is
-fine-tuned without them, with an :class:`AugmentationSkipped` warning (:func:`attach_to_frontend`).
+SpecAugment and noise reach the upstream through the contract's ``set_input_augment`` hook (:func:`attach`):
+it applies them to each normalised input its encoder sees: one per clip for a whole-clip upstream (MAE-AST) or
+when the clip fits one window, one per window when an upstream cuts a long clip into windows (SSAST's default
+1 s windows), so the recipe's single 1024/512/128-frame input needs an upstream built with that window. An
+upstream without the hook (a plug-in that computes its own input) is fine-tuned without them, with an
+:class:`AugmentationSkipped` warning.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def mixup(wavs: list[torch.Tensor], labels: torch.Tensor, num_classes: int, prob
     partner = torch.randint(B, (B,), generator=generator, device=dev)
     lam = sample_beta(10, 10, B, generator, dev)
     lam = torch.where(torch.rand(B, generator=generator, device=dev) < prob, lam, torch.ones_like(lam))
-    mixed = lam[:, None] * centred + (1 - lam[:, None]) * centred[partner] * valid  # partner cut/padded to len i
+    # partner cut/padded to len i
+    mixed = lam[:, None] * centred + (1 - lam[:, None]) * centred[partner] * valid
     mixed = (mixed - mixed.sum(1, keepdim=True) / lens[:, None]) * valid
     out = torch.where((lam < 1)[:, None], mixed, padded)  # unmixed clips stay as loaded
     target = lam[:, None] * target + (1 - lam[:, None]) * target[partner]
@@ -150,7 +152,8 @@ def mask_along_axis(x: torch.Tensor, max_width: int, axis: int, value: float,
 
 
 def noise_and_roll(x: torch.Tensor, generator: torch.Generator, max_shift: int = 10) -> torch.Tensor:
-    """SSAST ``noise=True``: ``x + U(T, F) * U() / 10`` per clip, then ``roll`` by ``randint(-10, 10)`` rows."""
+    """SSAST ``noise=True``: ``x + U(T, F) * U() / 10`` per clip, then ``roll`` by ``randint(-10, 10)``
+    rows."""
     B, T, _ = x.shape
     scale = torch.rand(B, 1, 1, generator=generator, device=x.device) / 10
     x = x + torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * scale
@@ -159,67 +162,51 @@ def noise_and_roll(x: torch.Tensor, generator: torch.Generator, max_shift: int =
     return x.gather(1, src[:, :, None].expand_as(x))
 
 
-class AugmentedFrontend(nn.Module):
-    """The upstream's front end followed by SpecAugment and noise in training mode; identical in eval mode.
+class SpecAugment:
+    """SpecAugment and noise on normalised features, as the upstream's ``set_input_augment`` hook runs them.
+
+    The upstream calls it in training mode only, on each normalised input ``(B, T, F)`` its encoder sees, with
+    ``fill``, the value a raw zero log-mel bin has after its normalisation: SSAST masks the raw log-mel with
+    0.
 
     Args:
-        frontend: the upstream's ``Fbank`` (parameter-free).
         cfg: what to apply.
         generator: the run's augmentation generator (its state is saved for resuming).
     """
 
-    def __init__(self, frontend: nn.Module, cfg: AugmentConfig, generator: torch.Generator):
-        super().__init__()
-        self.inner, self.cfg, self.generator = frontend, cfg, generator
-        fc = getattr(frontend, "config", None)
-        mean, std = getattr(fc, "norm_mean", None), getattr(fc, "norm_std", None)
-        self.mask_value = 0.0 if mean is None else (0.0 - mean) / (2.0 * std)  # raw 0 after normalisation
+    def __init__(self, cfg: AugmentConfig, generator: torch.Generator):
+        self.cfg, self.generator = cfg, generator
 
-    @property
-    def config(self):
-        return self.inner.config
-
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, **kw):
-        feats, frames = self.inner(waveforms, lengths, **kw)
-        return self.augment(feats), frames
-
-    def augment(self, feats: torch.Tensor) -> torch.Tensor:
-        """SpecAugment and noise on normalised features (B, T, F) in training mode; identity in eval mode.
-
-        Also called by upstreams whose forward computes its input without ``.frontend`` (ASiT's exact windows:
-        fbank of the whole clip, cut into windows, then normalised), on the windows they feed the encoder.
-        """
-        if not self.training:
-            return feats
-        feats = mask_along_axis(feats, self.cfg.freqm, 2, self.mask_value, self.generator)
-        feats = mask_along_axis(feats, self.cfg.timem, 1, self.mask_value, self.generator)
+    def __call__(self, feats: torch.Tensor, fill: float) -> torch.Tensor:
+        feats = mask_along_axis(feats, self.cfg.freqm, 2, fill, self.generator)
+        feats = mask_along_axis(feats, self.cfg.timem, 1, fill, self.generator)
         if self.cfg.noise:
             feats = noise_and_roll(feats, self.generator)
         return feats
 
 
 class AugmentationSkipped(UserWarning):
-    """SpecAugment / noise requested for an upstream that has no ``.frontend`` to put them after."""
+    """SpecAugment / noise requested for an upstream without the contract's ``set_input_augment`` hook."""
 
 
-def attach_to_frontend(upstream: nn.Module, cfg: AugmentConfig, generator: torch.Generator) -> bool:
-    """Put SpecAugment and noise after ``upstream.frontend`` (in place); returns whether they were attached.
+def attach(upstream: nn.Module, cfg: AugmentConfig, generator: torch.Generator) -> bool:
+    """Give ``upstream`` SpecAugment and noise through its ``set_input_augment`` hook (the upstream contract,
+    ``downstream/validate.py``); returns whether they were attached.
 
-    Nothing to do (False, silently) when ``cfg`` asks for none of them. An upstream without a ``.frontend``
-    module gets none either (False) with an :class:`AugmentationSkipped` warning: its input is its own business
-    (the contract, ``downstream/validate.py``, makes the front end optional), and mixup, which acts on
-    waveforms, still applies.
+    Nothing to do (False, silently) when ``cfg`` asks for none of them. An upstream without the hook gets none
+    either (False) with an :class:`AugmentationSkipped` warning: the hook is optional, its input is its own
+    business, and mixup, which acts on waveforms, still applies.
     """
     if not (cfg.freqm or cfg.timem or cfg.noise):
         return False
-    frontend = getattr(upstream, "frontend", None)
-    if not isinstance(frontend, nn.Module):
+    hook = getattr(upstream, "set_input_augment", None)
+    if not callable(hook):
         asked = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("freqm", "timem", "noise") if getattr(cfg, k))
-        warnings.warn(f"augment {asked} skipped: {type(upstream).__name__} has no .frontend module to put "
-                      f"SpecAugment / noise after (mixup, on waveforms, still applies)", AugmentationSkipped,
+        warnings.warn(f"augment {asked} skipped: {type(upstream).__name__} has no set_input_augment hook to "
+                      f"take SpecAugment / noise (mixup, on waveforms, still applies)", AugmentationSkipped,
                       stacklevel=2)
         return False
-    upstream.frontend = AugmentedFrontend(frontend, cfg, generator).train(upstream.training)
+    hook(SpecAugment(cfg, generator))
     return True
 
 

@@ -1,19 +1,19 @@
 """Batches whose cost follows each clip's own length.
 
-A batch is padded to its longest clip, so one 85 s recording among 2 s clips makes its whole batch cost 85 s per
-clip. Two remedies, both using the lengths the header scan found (``Clip.loaded_secs``):
+A batch is padded to its longest clip, so one 85 s recording among 2 s clips makes its whole batch cost 85 s
+per clip. Two remedies, both using the lengths the header scan found (``Clip.loaded_secs``):
 
 * evaluation and the feature-cache build (:func:`length_batches`): clips are taken in their split's order,
   longest first (``datasets.sort_by_length``), and a batch closes when one more clip would make
-  ``clips x longest`` exceed a budget of ``batch_size x`` the split's median length, or at ``batch_size`` clips.
-  Whole clips are processed (upstreams window long audio themselves); a long clip simply shares its batch with
-  few others, so no batch costs much more than a full batch of typical clips. The metric does not depend on
-  the batching (the upstream contract: padding never leaks into valid frames).
+  ``clips x longest`` exceed a budget of ``batch_size x`` the split's median length, or at ``batch_size``
+  clips. Whole clips are processed (upstreams window long audio themselves); a long clip simply shares its
+  batch with few others, so no batch costs much more than a full batch of typical clips. The metric does not
+  depend on the batching (the upstream contract: padding never leaks into valid frames).
 * training (:class:`LengthGroupedSampler`): the batches of ``distributed.StepBatchSampler``'s stream, taken
   ``window`` micro-batches at a time, are re-formed from that window's clips sorted by length, and the
   window's batches are then shuffled. Every clip is still seen once per epoch, batch sizes are unchanged, and
-  micro-batch ``m`` stays a pure function of ``(seed, m)``, so ``--resume`` and ``torchrun`` ranks draw what an
-  uninterrupted single process draws.
+  micro-batch ``m`` stays a pure function of ``(seed, m)``, so ``--resume`` and ``torchrun`` ranks draw what
+  an uninterrupted single process draws.
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def length_batches(secs: Sequence[float | None], indices: Sequence[int], batch_s
 
 
 def padded_secs(batches: Sequence[Sequence[int]], secs: Sequence[float]) -> float:
-    """Total padded seconds ``sum(len(b) * max(secs[b]))``: what batches cost an upstream (for measurements)."""
+    """Total padded seconds ``sum(len(b) * max(secs[b]))``: what batches cost an upstream (for
+    measurements)."""
     return float(sum(len(b) * max(secs[i] for i in b) for b in batches if len(b)))
 
 
@@ -72,8 +73,8 @@ class LengthGroupedSampler(StepBatchSampler):
     Micro-batch ``m`` belongs to window ``w = m // window``. The window's ``window x batch_size`` stream
     positions (the same items ``StepBatchSampler`` would give those micro-batches, epoch permutations or
     class-balanced draws included) are sorted by length (ties keep stream order), cut into ``window`` global
-    batches, and these are shuffled with a generator seeded by ``(seed, w)``; rank ``r`` takes its slice of the
-    global batch as in ``StepBatchSampler``.
+    batches, and these are shuffled with a generator seeded by ``(seed, w)``; rank ``r`` takes its slice of
+    the global batch as in ``StepBatchSampler``.
 
     Args:
         secs: ``(n,)`` training length of each item in seconds (``Clip.loaded_secs``).
@@ -93,8 +94,10 @@ class LengthGroupedSampler(StepBatchSampler):
     def _window(self, w: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != w:
             lo = w * self.window * self.batch
-            stream = np.array([self._order(p // self.n)[p % self.n] for p in range(lo, lo + self.window * self.batch)])
-            stream = stream[np.argsort(-self.secs[stream], kind="stable")]  # longest first, ties in stream order
+            positions = range(lo, lo + self.window * self.batch)
+            stream = np.array([self._order(p // self.n)[p % self.n] for p in positions])
+            # longest first, ties in stream order
+            stream = stream[np.argsort(-self.secs[stream], kind="stable")]
             batches = stream.reshape(self.window, self.batch)
             batches = batches[np.random.default_rng([self.seed, 1, w]).permutation(self.window)]
             self._cached = (w, batches)

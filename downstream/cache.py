@@ -1,4 +1,4 @@
-"""On-disk cache of frozen upstream features, so a frozen probe runs the upstream once per clip, not per epoch.
+"""On-disk cache of frozen upstream features: a frozen probe runs the upstream once per clip, not per epoch.
 
 A frozen probe (no ``-f``) sees the same features every epoch: the upstream is in ``.eval()`` with no grad and
 the s3prl probes apply no augmentation (``AugmentConfig`` is refused without ``-f``). The only per-epoch input
@@ -7,14 +7,15 @@ clips are never cached and go through the upstream live, so a cached run trains 
 
 Layout (``<cache_dir>`` = ``--cache-dir``, else ``$ASTBENCH_CACHE``, else ``~/.cache/astbench/features``)::
 
-    <cache_dir>/<key>/key.json                         what the key hashes (upstream, weights, overrides, ...)
-    <cache_dir>/<key>/<split>-<clips>.f16              (sum of frames, L, H) float16, raw, memory-mapped
-    <cache_dir>/<key>/<split>-<clips>.offsets.npy      (N + 1,) int64 row offsets; clip i = rows [o[i], o[i+1])
-    <cache_dir>/<key>/<split>-<clips>.json             shapes, live clips, a content checksum; written last
+    <cache_dir>/<key>/key.json                     what the key hashes (upstream, weights, overrides, ...)
+    <cache_dir>/<key>/<split>-<clips>.f16          (sum of frames, L, H) float16, raw, memory-mapped
+    <cache_dir>/<key>/<split>-<clips>.offsets.npy  (N + 1,) int64 row offsets; clip i = rows [o[i], o[i+1])
+    <cache_dir>/<key>/<split>-<clips>.json         shapes, live clips, a content checksum; written last
 
-``<key>`` hashes the upstream name, its weights (``checkpoint_sha256``, or the sha256 of its state_dict
-tensors plus the seed for a random-init or plug-in upstream), the upstream overrides and config, the feature
-selection and the source of the feature extractor; ``<clips>`` hashes each clip's path, size, mtime, crop and
+``<key>`` hashes the upstream name, its weights (its checkpoint's sha256, or the sha256 of its state_dict
+tensors plus the seed for a random-init or plug-in upstream), the upstream overrides, the feature selection
+and what the upstream's public ``upstream.interface.feature_fingerprint`` says its features depend on (its
+config and the source code that computes them); ``<clips>`` hashes each clip's path, size, mtime, crop and
 gain (plus the seed when evaluation crops are drawn from it). Any change gives a new file name.
 
 Stored features, float16 (half the space of float32; the probe's logits move by ~1e-3 relative):
@@ -46,20 +47,27 @@ features of that batching.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps,
-                                  tmp_path, write_atomic)
+from common.files import (
+    HashingWriter,
+    cannot_write,
+    file_checksum,
+    locked,
+    remove_stale_tmps,
+    tmp_path,
+    write_atomic,
+)
+from upstream.interface import feature_fingerprint
 
 from .batching import length_batches
 from .datasets import ClipDataset, TaskData, collate
@@ -72,8 +80,8 @@ _DATA_FILES = (".f16", ".offsets.npy")  # checksummed in the metadata (``"checks
 
 
 class FeatureCacheError(ValueError):
-    """A shard that is damaged or missing where the cache cannot be (re)built (read-only folder or ``build=False``);
-    a ValueError, so the CLI reports it on one line (exit 2)."""
+    """A shard that is damaged or missing where the cache cannot be (re)built (read-only folder or
+    ``build=False``); a ValueError, so the CLI reports it on one line (exit 2)."""
 
 
 def default_cache_dir() -> Path:
@@ -91,37 +99,19 @@ def _sha256_tensors(state: dict) -> str:
     return h.hexdigest()
 
 
-def _source_digest(up: nn.Module) -> str:
-    """sha256 of the source of the upstream's class and the shared feature code it runs on."""
-    files = {inspect.getsourcefile(type(up))}
-    for mod in ("interface", "frontend", "encoder", "tokenizer", "layers"):
-        p = Path(__file__).resolve().parents[1] / "upstream" / f"{mod}.py"
-        if p.exists():
-            files.add(str(p))
-    family = getattr(getattr(up, "cfg", None), "family", None)
-    if family:
-        files.add(str(Path(__file__).resolve().parents[1] / "upstream" / f"{family}.py"))
-    h = hashlib.sha256()
-    for f in sorted(x for x in files if x and Path(x).exists()):
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()
-
-
 def cache_key(up: nn.Module, name: str, overrides: dict, selection: str, seed: int) -> tuple[str, dict]:
     """(hex key, the JSON-able description it hashes) for ``up``'s ``selection`` features."""
     if selection not in SELECTIONS:
         raise ValueError(f"feature selection must be one of {SELECTIONS}, got {selection!r}")
-    sha = getattr(up, "checkpoint_sha256", None)
-    if sha:
-        weights = {"checkpoint_sha256": sha}
+    fp = feature_fingerprint(up)  # the upstream says what its features depend on
+    if fp.checkpoint_sha256:
+        weights = {"checkpoint_sha256": fp.checkpoint_sha256}
     else:
         weights = {"state_sha256": _sha256_tensors(up.state_dict()), "seed": seed}
-    cfg = getattr(up, "cfg", None)
     desc = {
         "version": CACHE_VERSION, "upstream": name, "weights": weights,
         "overrides": {k: overrides[k] for k in sorted(overrides)},
-        "upstream_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
-        "selection": selection, "code": _source_digest(up),
+        "upstream_config": fp.config, "selection": selection, "code": fp.code,
     }
     blob = json.dumps(desc, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32], desc
@@ -156,7 +146,7 @@ class FeatureBatch:
     lengths: torch.Tensor
     live: list = field(default_factory=list)
 
-    def to(self, device: torch.device) -> "FeatureBatch":
+    def to(self, device: torch.device) -> FeatureBatch:
         return FeatureBatch(self.feats.to(device, non_blocking=True), self.lengths.to(device),
                             [(i, w.to(device)) for i, w in self.live])
 
@@ -251,7 +241,8 @@ class FeatureCache:
                  batch_size: int, device: torch.device, log: Callable[[str], None] = print):
         self.key, self.desc = cache_key(up, name, overrides, selection, seed)
         self.dir = Path(root).expanduser() / self.key
-        self.up, self.selection, self.batch_size, self.device, self.log = up, selection, batch_size, device, log
+        self.up, self.selection, self.batch_size = up, selection, batch_size
+        self.device, self.log = device, log
         # shard -> file identities it was verified with: the runner reopens dev at every evaluation
         self._verified: dict[Path, tuple] = {}
 
@@ -260,7 +251,8 @@ class FeatureCache:
         """The split as a :class:`CachedDataset`, building (or rebuilding) its shard when needed.
 
         Raises:
-            FeatureCacheError: the shard is damaged, or missing, and ``build`` is False or the folder is read-only.
+            FeatureCacheError: the shard is damaged, or missing, and ``build`` is False or the folder is
+                read-only.
         """
         ds = data.dataset(split, sample_rate, train=train, seed=seed)
         live = [i for i, c in enumerate(ds.clips) if c.random_crop and c.crop_secs is not None and train]
@@ -268,9 +260,10 @@ class FeatureCache:
         meta, problem = self._open(shard)
         if meta is None:
             if not build:
-                raise FeatureCacheError(f"feature cache: {problem or f'shard {shard} is missing or incomplete'} "
-                                        f"(not rebuilt: build=False)")
-            meta = self._build_once(data.dataset(split, sample_rate, train=False, seed=seed), shard, set(live))
+                what = problem or f"shard {shard} is missing or incomplete"
+                raise FeatureCacheError(f"feature cache: {what} (not rebuilt: build=False)")
+            whole = data.dataset(split, sample_rate, train=False, seed=seed)  # no random crops
+            meta = self._build_once(whole, shard, set(live))
         return CachedDataset(ds, shard, meta)
 
     @staticmethod
@@ -279,9 +272,9 @@ class FeatureCache:
         (never built, or interrupted), else ``(None, what is wrong, naming the file)``.
 
         Hashes the whole files: 1.6 GB/s on one core with SHA extensions (0.4-0.5 GB/s without). For
-        ``ssast_patch_400``'s 2 MB of ``hidden_states`` per second of audio that is 1.3-2.3 ms per audio second
-        (measured on a loaded 2-core x86-64), about what decoding that second of WAV takes (1.7 ms) and ~1/300 of
-        computing the features on that CPU (680 ms).
+        ``ssast_patch_400``'s 2 MB of ``hidden_states`` per second of audio that is 1.3-2.3 ms per audio
+        second (measured on a loaded 2-core x86-64), about what decoding that second of WAV takes (1.7 ms) and
+        ~1/300 of computing the features on that CPU (680 ms).
         """
         meta_path, data, offsets_path = (shard.with_suffix(s) for s in (".json", ".f16", ".offsets.npy"))
         try:
@@ -300,7 +293,8 @@ class FeatureCache:
                 return None, f"{data} holds {size} bytes, {meta_path.name} says {rows * L * H * 2}"
             for suffix in _DATA_FILES:
                 if file_checksum(shard.with_suffix(suffix)) != sums[suffix]:
-                    return None, f"{shard.with_suffix(suffix)} does not match its checksum (damaged or changed)"
+                    return None, (f"{shard.with_suffix(suffix)} does not match its checksum (damaged or "
+                                  f"changed)")
             offsets = np.load(offsets_path)
             ok = (len(offsets) == meta["num_clips"] + 1 and offsets[0] == 0 and offsets[-1] == rows
                   and bool(np.all(np.diff(offsets) >= 0)))
@@ -338,8 +332,8 @@ class FeatureCache:
         """Build the shard under its lock; a process that had to wait finds it built and reads it."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            with locked(shard.with_suffix(".lock"),
-                        waiting=lambda: self.log(f"feature cache: waiting for another process building {shard}")):
+            waiting = f"feature cache: waiting for another process building {shard}"
+            with locked(shard.with_suffix(".lock"), waiting=lambda: self.log(waiting)):
                 meta, problem = self._open(shard)  # built, or found damaged, while this process waited
                 if meta is not None:
                     return meta
@@ -355,7 +349,8 @@ class FeatureCache:
     def _not_writable(self, shard: Path, err: OSError) -> str:
         _, problem = self.check_shard(shard)
         return (f"feature cache: {problem or f'shard {shard} is missing or incomplete'}, and it cannot be "
-                f"rebuilt there ({err.strerror}: {err.filename}); use a writable --cache-dir (or $ASTBENCH_CACHE)")
+                f"rebuilt there ({err.strerror}: {err.filename}); use a writable --cache-dir (or "
+                f"$ASTBENCH_CACHE)")
 
     @torch.no_grad()
     def _build(self, ds: ClipDataset, shard: Path, live: set[int]) -> dict:
@@ -363,8 +358,8 @@ class FeatureCache:
         self.log(f"feature cache: computing {shard.name} ({len(ds) - len(live)} clips) under {self.dir}")
         tmp = {s: tmp_path(shard.with_suffix(s)) for s in (*_DATA_FILES, ".json")}
         idx = [i for i in range(len(ds)) if i not in live]
-        # consecutive batches in index order (rows are written in that order), sized so that padding follows the
-        # clips' own lengths: prepared splits are longest first, so one long clip does not pad a full batch
+        # consecutive batches in index order (rows are written in that order), sized so that padding follows
+        # the clips' own lengths: prepared splits are longest first, so one long clip pads no full batch
         batches = length_batches([c.loaded_secs for c in ds.clips], idx, self.batch_size)
         loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate)
         counts = np.zeros(len(ds), dtype=np.int64)
@@ -377,7 +372,8 @@ class FeatureCache:
             with open(tmp[".f16"], "wb") as f:
                 out = HashingWriter(f)  # the checksum costs no second read of the shard
                 for wavs, _, _ in progress(loader, desc=f"features {shard.stem}", unit="batch"):
-                    feats, lengths = select_features(self.up([w.to(self.device) for w in wavs]), self.selection)
+                    out_up = self.up([w.to(self.device) for w in wavs])
+                    feats, lengths = select_features(out_up, self.selection)
                     feats = feats.to(torch.float16).cpu()
                     for b in range(len(wavs)):
                         out.write(feats[b, : int(lengths[b])].contiguous().numpy().tobytes())
@@ -397,7 +393,8 @@ class FeatureCache:
             meta = {"num_clips": len(ds), "shape": [int(offsets[-1]), *shape], "live": sorted(live),
                     "selection": self.selection, "checksums": sums}
             tmp[".json"].write_text(json.dumps(meta))
-            os.replace(tmp[".json"], shard.with_suffix(".json"))  # last: the shard is complete once it is named
+            # last: the shard is complete once it is named
+            os.replace(tmp[".json"], shard.with_suffix(".json"))
         finally:
             self.up.train(was_training)
             for t in tmp.values():

@@ -45,12 +45,13 @@ def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, n
         ``(N,)`` int64 predicted classes.
     """
     if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
-        raise ValueError(f"knn_predict expects (M, D) and (N, D) features, got {tuple(train_feats.shape)} and "
-                         f"{tuple(test_feats.shape)}")
+        raise ValueError(f"knn_predict expects (M, D) and (N, D) features, got {tuple(train_feats.shape)} "
+                         f"and {tuple(test_feats.shape)}")
     if len(train_labels) != len(train_feats) or len(train_feats) == 0:
         raise ValueError(f"knn_predict: {len(train_labels)} labels for {len(train_feats)} train features")
     if k < 1 or not temperature > 0:
-        raise ValueError(f"knn_predict: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+        raise ValueError(f"knn_predict: k must be >= 1 and temperature > 0, got k={k}, "
+                         f"temperature={temperature}")
     train = F.normalize(train_feats.float(), dim=1)
     labels = train_labels.long().to(train.device)
     k = min(k, len(train))
@@ -95,8 +96,8 @@ def _capped(n: int, cap: int, seed: int) -> list[int]:
 class KnnProbe:
     """A labelled task's train and test clips, read once, scored by k-NN on an encoder's clip features.
 
-    Call it with a pretraining objective (anything with ``to_upstream()`` and ``frontend.sample_rate``) and the
-    step; it returns the record that goes to ``losses.jsonl``.
+    Call it with a pretraining objective (anything with ``to_upstream()`` and ``frontend.sample_rate``) and
+    the step; it returns the record that goes to ``losses.jsonl``.
 
     Args:
         task: a registered task name (``run_downstream.py -d``); a single-label one. A task with folds uses
@@ -117,10 +118,11 @@ class KnnProbe:
                  temperature: float = 0.07, batch_size: int = 16, device: torch.device | str | None = None,
                  seed: int = 0, log: Callable[[str], None] = log.info):
         if max_clips < 1 or k < 1 or not temperature > 0:
-            raise ValueError(f"k-NN probe: max_clips and k must be >= 1 and temperature > 0, got {max_clips}, "
-                             f"{k}, {temperature}")
+            raise ValueError(f"k-NN probe: max_clips and k must be >= 1 and temperature > 0, got "
+                             f"{max_clips}, {k}, {temperature}")
         spec = get_task(task)
-        self.task, self.k, self.temperature, self.batch_size, self.device = task, k, temperature, batch_size, device
+        self.task, self.k, self.temperature = task, k, temperature
+        self.batch_size, self.device = batch_size, device
         self.fold = spec.folds[0] if spec.folds else None
         data: TaskData = spec.read(data_root, self.fold, DataConfig(), log=log)
         if data.multilabel:
@@ -149,7 +151,8 @@ class KnnProbe:
         """k-NN accuracy of ``objective``'s encoder now; leaves the objective and every RNG as they were."""
         device = self.device or next(objective.parameters()).device
         sr = int(objective.frontend.sample_rate)
-        with torch.random.fork_rng(devices=[]):  # building the upstream draws initial weights: keep the stream
+        # building the upstream draws initial weights: keep the stream
+        with torch.random.fork_rng(devices=[]):
             upstream = objective.to_upstream().to(device)
         feats = {split: clip_features(upstream, self._audio(split, sr), self.batch_size, device)
                  for split in self.index}

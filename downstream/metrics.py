@@ -15,8 +15,9 @@ Definitions follow the code that produced the papers' numbers, so that our table
   both are the mAP of a scorer that ranks every clip the same (all ties), i.e. each class's positive rate on
   the split, averaged over the classes with a positive: a constant per-class score (the training frequency)
   is no better than chance there.
-* ``esc50_select_epoch``: SSAST ``src/finetune/esc50/get_esc_result.py``: one epoch for all folds, the argmax
-  of the fold-averaged test-accuracy curve.
+* ``fold_average_select_epoch``: SSAST ``src/finetune/esc50/get_esc_result.py`` (ESC-50's selection, which
+  ``downstream.tasks`` applies to the fold runs): one epoch for all folds, the argmax of the fold-averaged
+  curve.
 
 Classes without positives (or, for AUC, without negatives) have no defined AP/AUC. scikit-learn returns 0 AP
 with a warning (and raises for AUC); we return NaN per class and average over the classes where the metric is
@@ -28,10 +29,8 @@ Every function accepts numpy arrays, torch tensors or nested sequences.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -48,8 +47,7 @@ __all__ = [
     "d_prime",
     "multilabel_summary",
     "fold_mean_std",
-    "esc50_select_epoch",
-    "esc50_select_runs",
+    "fold_average_select_epoch",
     "class_baselines",
     "per_class_scores",
     "prediction_spread",
@@ -293,63 +291,29 @@ def fold_mean_std(values: Sequence[float] | Any) -> tuple[float, float]:
     return float(v.mean()), std
 
 
-def esc50_select_epoch(curves: Any) -> tuple[int, float]:
-    """ESC-50 model selection: one epoch for all folds, chosen on the fold-averaged test-accuracy curve.
+def fold_average_select_epoch(curves: Any) -> tuple[int, float]:
+    """One epoch for all folds, chosen on the fold-averaged curve (ESC-50's model selection).
 
-    Follows SSAST ``get_esc_result.py``: average the 5 folds' per-epoch accuracies, take the argmax epoch (the
-    first one on ties, as ``np.argmax``), and report the fold mean at that epoch. Picking each fold's own best
-    epoch instead would be optimistic.
+    Follows SSAST ``get_esc_result.py``: average the folds' per-epoch scores, take the argmax epoch (the first
+    one on ties, as ``np.argmax``), and report the fold mean at that epoch. Picking each fold's own best epoch
+    instead would be optimistic.
 
     Args:
-        curves: ``(folds, epochs)`` accuracies; row f is fold f's test accuracy after each epoch.
+        curves: ``(folds, epochs)`` scores; row f is fold f's test score after each epoch.
 
     Returns:
-        ``(epoch_index, mean_accuracy)``; ``epoch_index`` is the 0-based column of ``curves`` (SSAST's
+        ``(epoch_index, mean_score)``; ``epoch_index`` is the 0-based column of ``curves`` (SSAST's
         ``result.csv`` row i holds epoch i + 1).
     """
     c = _to_numpy(curves).astype(np.float64)
     if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] == 0:
-        raise ValueError(f"esc50_select_epoch expects a non-empty (folds, epochs) table, got shape {c.shape}")
+        raise ValueError(f"fold-averaged selection expects a non-empty (folds, epochs) table, "
+                         f"got shape {c.shape}")
     if not np.isfinite(c).all():
-        raise ValueError("esc50_select_epoch: the accuracy table has NaN/inf entries (missing epochs?)")
+        raise ValueError("fold-averaged selection: the score table has NaN/inf entries (missing epochs?)")
     mean_curve = c.mean(axis=0)
     best = int(np.argmax(mean_curve))
     return best, float(mean_curve[best])
-
-
-def esc50_select_runs(run_dirs: Sequence[str | Path]) -> dict:
-    """:func:`esc50_select_epoch` over the 5 fold runs of ``run_downstream.py -d esc50 --fold k``.
-
-    Reads each run's ``evals.jsonl`` (one line per evaluation: ``step``, ``accuracy``; the last line wins for a
-    step evaluated twice after a resume) and uses the steps every fold evaluated.
-
-    Args:
-        run_dirs: the fold runs' folders, fold 1 first.
-
-    Returns:
-        ``{"step", "mean_accuracy", "fold_accuracies", "runs"}``: the chosen step, the fold mean there, the
-        per-fold accuracies at it (in ``run_dirs`` order) and the folders.
-    """
-    if len(run_dirs) < 2:
-        raise ValueError(f"esc50 epoch selection needs the fold runs (5 for ESC-50), got {len(run_dirs)}")
-    curves = []
-    for d in run_dirs:
-        path = Path(d) / "evals.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {d} a run_downstream.py run folder?")
-        by_step = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "accuracy" in row:
-                    by_step[int(row["step"])] = float(row["accuracy"])
-        curves.append(by_step)
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    if not steps:
-        raise ValueError(f"the runs {[str(d) for d in run_dirs]} share no evaluated step")
-    index, mean = esc50_select_epoch([[c[s] for s in steps] for c in curves])
-    return {"step": steps[index], "mean_accuracy": mean, "fold_accuracies": [c[steps[index]] for c in curves],
-            "runs": [str(d) for d in run_dirs]}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -391,8 +355,8 @@ def class_baselines(train_labels: Any, targets: Any, num_classes: int,
         multilabel: score as mAP (AS-20K) rather than accuracy.
 
     Returns:
-        ``{"majority", "majority_class", "chance"}``. Single-label: ``majority`` is the accuracy on the split of
-        always answering ``majority_class``, the most common training class (the lowest index on ties);
+        ``{"majority", "majority_class", "chance"}``. Single-label: ``majority`` is the accuracy on the split
+        of always answering ``majority_class``, the most common training class (the lowest index on ties);
         ``chance`` is ``1 / C``. Multi-label: both are the mAP of constant scores (mean positive rate over the
         classes with a positive on the split) and ``majority_class`` is None.
     """
@@ -447,8 +411,8 @@ def prediction_spread(scores: Any, targets: Any | None = None) -> dict[str, floa
 
     Returns:
         ``{"clips", "distinct", "top_class", "top_share"}``: N, the number of distinct predicted classes, the
-        most predicted class and its fraction of the N predictions; with ``targets`` also ``target_share``, the fraction of
-        clips whose label (one of whose labels, multi-label) is ``top_class``.
+        most predicted class and its fraction of the N predictions; with ``targets`` also ``target_share``,
+        the fraction of clips whose label (one of whose labels, multi-label) is ``top_class``.
     """
     s = _to_numpy(scores)
     if s.ndim != 2 or s.shape[0] == 0:
@@ -501,7 +465,8 @@ def evaluation_report(scores: Any, targets: Any, train_labels: Any, class_names:
 
     Returns:
         ``{"baselines": {"majority", "majority_class", "chance"}, "per_class": {name: accuracy or AP or None},
-        "predictions": {"clips", "distinct", "top_class", "top_share", "target_share", "collapsed"}, "warning"}``;
+        "predictions": {"clips", "distinct", "top_class", "top_share", "target_share", "collapsed"},
+        "warning"}``;
         class indices are given as names, undefined values (a class absent from the split) as None.
     """
     num_classes = len(class_names)

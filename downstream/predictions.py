@@ -5,8 +5,8 @@ One JSON object per evaluated clip, in evaluation order::
     {"path": "dog/1-100032-A-0.wav", "uid": "1-100032-A-0", "label": "dog", "pred": "dog",
      "topk": [["dog", 0.91], ["rooster", 0.03], ...]}
 
-* ``path``: the audio file relative to the data root (``--data-root`` / ``$ASTBENCH_DATA``; a manifest's folder),
-  or ``<split>:<uid>`` for a file outside it, so the file names no machine path.
+* ``path``: the audio file relative to the data root (``--data-root`` / ``$ASTBENCH_DATA``; a manifest's
+  folder), or ``<split>:<uid>`` for a file outside it, so the file names no machine path.
 * ``label`` / ``pred``: class names; for a multi-label task (AS-20K) lists: the labels, and the classes scored
   >= 0.5.
 * ``topk``: the ``k`` best classes with their scores: softmax probabilities for a model trained with
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from common.config import temp_path
+from common.files import write_atomic
 
 from .datasets import Clip, TaskData
-from .tasks import resolve_data_root
+from .tasks import Loss, resolve_data_root
 
 __all__ = ["prediction_rows", "write_predictions", "data_base"]
 
@@ -52,14 +52,16 @@ def _relative(clip: Clip, base: Path | None) -> str:
 
 
 def prediction_rows(logits: torch.Tensor, targets: torch.Tensor, uids: list[str], data: TaskData, split: str,
-                    loss_kind: str, base: Path | None, k: int = 5) -> list[dict]:
+                    loss: Loss, base: Path | None, k: int = 5) -> list[dict]:
     """The records of one evaluation (see the module docstring).
 
     Args:
         logits: (N, C) model outputs, in evaluation order.
         targets: (N,) class indices, or (N, C) multi-hot for a multi-label task.
-        uids: the N clip ids the loader gave (``Clip.uid``), mapped back to their files in ``data.splits[split]``.
-        loss_kind: ``'ce'`` (scores are softmax probabilities) or ``'bce'`` (sigmoid scores).
+        uids: the N clip ids the loader gave (``Clip.uid``), mapped back to their files in
+            ``data.splits[split]``.
+        loss: the loss the model trained with (``TaskSpec.loss_for``): its ``probabilities`` are the scores
+            (softmax for CE, per-class sigmoid for BCE).
         base: folder the paths are made relative to (:func:`data_base`).
         k: classes listed in ``topk`` (at most C).
     """
@@ -70,7 +72,7 @@ def prediction_rows(logits: torch.Tensor, targets: torch.Tensor, uids: list[str]
     for clip in data.splits[split]:
         clips.setdefault(clip.uid, clip)
     names = data.classes
-    scores = logits.float().sigmoid() if loss_kind == "bce" else logits.float().softmax(-1)
+    scores = loss.probabilities(logits)
     top_scores, top_index = scores.topk(min(k, scores.shape[1]), dim=-1)
     rows = []
     for i, uid in enumerate(uids):
@@ -90,12 +92,5 @@ def prediction_rows(logits: torch.Tensor, targets: torch.Tensor, uids: list[str]
 def write_predictions(path: str | os.PathLike, rows: list[dict]) -> Path:
     """Write ``rows`` as JSON lines to ``path`` atomically (temp file + rename); returns the path."""
     path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from tqdm.auto import tqdm
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", initial: int = 0,
              unit: str = "it", enabled: bool = True) -> tqdm:
-    """A ``tqdm`` bar over ``iterable`` (or updated by hand), silent unless stderr is a terminal and ``enabled``."""
+    """A ``tqdm`` bar over ``iterable`` (or updated by hand), silent unless stderr is a terminal and
+    ``enabled``."""
+    silent = not (enabled and sys.stderr.isatty()) or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
     return tqdm(iterable, total=total, desc=desc, initial=initial, unit=unit, leave=False, dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()) or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
+                disable=silent)
 
 
 def printer(bar: tqdm, log: Callable[[str], None] = print) -> Callable[[str], None]:

@@ -1,10 +1,10 @@
 """Family downstream protocols: each family's own pipeline for a task, as data with its provenance.
 
-The papers' numbers come from each family's own code: SSAST fine-tuned AS-20K / ESC-50 / KS2 with its PSLA data
-loader and KS1 / SID / ER through its own SUPERB upstream; MAE-AST ran s3prl with configs of its own. Those
-settings live in ``configs/protocols/<family>.yaml``, one entry per (task, mode), each value with the
+The papers' numbers come from each family's own code: SSAST fine-tuned AS-20K / ESC-50 / KS2 with its PSLA
+data loader and KS1 / SID / ER through its own SUPERB upstream; MAE-AST ran s3prl with configs of its own.
+Those settings live in ``configs/protocols/<family>.yaml``, one entry per (task, mode), each value with the
 official file and line (or paper section) it comes from. This module loads them, checks every key against
-:class:`~downstream.runner.DownstreamConfig`, and layers the one of a run (later wins)::
+:class:`~downstream.config.DownstreamConfig`, and layers the one of a run (later wins)::
 
     DownstreamConfig defaults <- configs/downstream/<task>[_finetune].yaml <- family protocol <- -o key=value
     DownstreamConfig defaults <- family protocol <- -c FILE <- -o key=value            (with -c, in the task
@@ -12,8 +12,9 @@ official file and line (or paper section) it comes from. This module loads them,
 
 The config key ``protocol`` picks the layer: ``official`` (default), ``s3prl`` (the protocol without its
 ``upstream_overrides``: the family's recipe on the upstream as s3prl's expert builds it, e.g. SSAST's 1 s
-windows) or ``none`` (the task config alone). A family is matched by upstream name (``ssast_*``, ...); plug-in
-upstreams and frozen probes (no paper ran one) have no protocol. :func:`render` prints a resolved config with
+windows) or ``none`` (the task config alone). An upstream's family is the registry's
+(``upstream.registry.family_of``), its protocols the family's ``protocol_file``; plug-in upstreams and frozen
+probes (no paper ran one) have no protocol. :func:`render` prints a resolved config with
 the upstream's front end and the provenance of every protocol value (``run_downstream.py --print-config``).
 """
 from __future__ import annotations
@@ -29,15 +30,16 @@ from typing import Any
 
 import yaml
 
-from astbench.resources import config_path
 from common.config import ConfigError, config_to_dict, load_config
+from common.resources import config_path, shipped_path
+from common.yamlfile import read_yaml, require_keys
+from upstream import registry
 
-from .runner import DownstreamConfig
+from .config import DownstreamConfig
 from .tasks import TASKS
 
 CONFIG_DIR = config_path("downstream")  # task configs, shipped with the package
 PROTOCOL_DIR = config_path("protocols")
-CHOICES = ("official", "s3prl", "none")
 MODES = ("finetune", "frozen")
 _FORBIDDEN = ("run.", "protocol", "family_overrides")  # a protocol says how to train, not which run this is
 
@@ -74,7 +76,8 @@ class Protocol:
         return f"{self.family}/{self.task}/{self.mode}"
 
     def settings_for(self, upstream: str) -> tuple[Setting, ...]:
-        """The settings for ``upstream``: the entry's, then those of every variant matching it (later wins)."""
+        """The settings for ``upstream``: the entry's, then those of every variant matching it (later
+        wins)."""
         merged = {s.key: s for s in self.settings}
         for variant in self.variants:
             if any(fnmatch(upstream, pattern) for pattern in variant.upstreams):
@@ -85,12 +88,8 @@ class Protocol:
 @dataclass(frozen=True)
 class FamilyProtocols:
     family: str
-    upstreams: tuple[str, ...]  # fnmatch patterns of the family's upstream names
     protocols: Mapping[tuple[str, str], Protocol]  # (task, mode) -> protocol
     path: str
-
-    def matches(self, upstream: str) -> bool:
-        return any(fnmatch(upstream, pattern) for pattern in self.upstreams)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -123,15 +122,7 @@ def _rel(path: Path) -> str:
 
 
 def _keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
-    if not isinstance(data, Mapping):
-        raise ProtocolError(f"{where} must be a mapping, got {type(data).__name__}")
-    unknown = [k for k in data if k not in required + optional]
-    if unknown:
-        raise ProtocolError(f"{where}: unknown key(s) {unknown}; allowed: {list(required + optional)}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ProtocolError(f"{where}: missing key(s) {missing}")
-    return dict(data)
+    return require_keys(data, where, required, optional, error=ProtocolError)
 
 
 def _text(value: Any, where: str) -> str:
@@ -148,13 +139,9 @@ def _patterns(value: Any, where: str) -> tuple[str, ...]:
 
 def _load_file(path: Path) -> FamilyProtocols:
     rel = _rel(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ProtocolError(f"{rel}: cannot read: {err}") from None
-    top = _keys(data, rel, ("family", "upstreams", "protocols"), ("shared",))
+    data = read_yaml(path, rel, error=ProtocolError)
+    top = _keys(data, rel, ("family", "protocols"), ("shared",))
     family = _text(top["family"], f"{rel}: family")
-    patterns = _patterns(top["upstreams"], f"{rel}: upstreams")
     entries = top["protocols"]
     if not isinstance(entries, Mapping) or not entries:
         raise ProtocolError(f"{rel}: protocols must be a non-empty mapping of 'task/mode' to a protocol")
@@ -165,7 +152,8 @@ def _load_file(path: Path) -> FamilyProtocols:
         if task not in TASKS:
             raise ProtocolError(f"{where}: unknown task {task!r}; tasks: {sorted(TASKS)}")
         if mode not in MODES:
-            raise ProtocolError(f"{where}: the key must be 'task/mode' with mode in {list(MODES)}, got {name!r}")
+            raise ProtocolError(f"{where}: the key must be 'task/mode' with mode in {list(MODES)}, got "
+                                f"{name!r}")
         d = _keys(entry, where, ("pipeline", "settings"), ("variants",))
         variants = d.get("variants", [])
         if not isinstance(variants, list):
@@ -177,7 +165,7 @@ def _load_file(path: Path) -> FamilyProtocols:
                                   _settings(vd["settings"], f"{where}.variants[{i}].settings")))
         protocols[(task, mode)] = Protocol(family, task, mode, _text(d["pipeline"], f"{where}.pipeline"),
                                            _settings(d["settings"], f"{where}.settings"), tuple(parsed), rel)
-    return FamilyProtocols(family, patterns, protocols, rel)
+    return FamilyProtocols(family, protocols, rel)
 
 
 def _settings(data: Any, where: str) -> tuple[Setting, ...]:
@@ -221,12 +209,22 @@ def _deep_merge(base: Mapping, update: Mapping) -> dict:
 
 # ------------------------------------------------------------------------------------------ lookup
 def family_of(upstream: str) -> FamilyProtocols | None:
-    """The protocol family of a registered-style upstream name (``ssast_patch_400`` -> ssast), or None."""
-    found = [f for f in load_protocols() if f.matches(upstream)]
-    if len(found) > 1:
-        raise ProtocolError(f"upstream {upstream!r} matches the protocols of several families: "
-                            f"{[f.family for f in found]}")
-    return found[0] if found else None
+    """The protocols of registered upstream ``upstream``'s family (``ssast_patch_400`` -> ssast, from
+    ``configs/protocols/ssast.yaml``); None for a plug-in or a family without a protocol file."""
+    spec = registry.family_of(upstream)
+    if spec is None:
+        return None
+    path = shipped_path(spec.protocol_file, prefer_shipped=True)
+    return _family_file(str(path.resolve()), spec.name) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=16)
+def _family_file(path: str, family: str) -> FamilyProtocols:
+    protocols = _load_file(Path(path))
+    if protocols.family != family:
+        raise ProtocolError(f"{protocols.path}: family is {protocols.family!r}, but it is the protocol file "
+                            f"of family {family!r}")
+    return protocols
 
 
 def protocol_for(upstream: str, task: str, finetune: bool) -> Protocol | None:
@@ -267,7 +265,7 @@ def resolve(upstream: str, task: str, finetune: bool, config_path: str | Path | 
     layer = _tree(settings)
     if config_path is not None:  # -c takes the task config's place, above the protocol
         return load_config(DownstreamConfig, path, overrides, base=layer)
-    task_yaml = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    task_yaml = read_yaml(path, f"config file {path}", error=ConfigError) or {}  # checked just above
     return load_config(DownstreamConfig, None, overrides, base=_deep_merge(task_yaml, layer))
 
 
@@ -298,7 +296,8 @@ def describe_upstream(name: str, ckpt: str | None = None, overrides: Mapping | N
     cfg = model.cfg
     return {
         "name": name, "family": cfg.family, "checkpoint": ckpt,
-        "frontend": asdict(cfg.frontend),  # norm_mean / norm_std: fbank statistics; target_length: input length
+        # norm_mean / norm_std: fbank statistics; target_length: input length
+        "frontend": asdict(cfg.frontend),
         "window_mode": cfg.window_mode if cfg.window_frames is not None else "whole clip",
         "window_frames": cfg.window_frames, "pooling": cfg.pooling,
         "sample_rate": model.sample_rate, "downsample_rate": model.get_downsample_rates("hidden_states"),
@@ -324,7 +323,8 @@ def _get(tree: Mapping, key: str) -> Any:
     return node
 
 
-def render(cfg: DownstreamConfig, config_path: str | Path | None = None, overrides: Sequence[str] = ()) -> str:
+def render(cfg: DownstreamConfig, config_path: str | Path | None = None,
+           overrides: Sequence[str] = ()) -> str:
     """The resolved configuration of a run as YAML: every DownstreamConfig key (what the run's ``config.yaml``
     holds), then ``upstream`` (the front end and features these settings build: ``frontend.norm_mean`` /
     ``norm_std`` are the fbank statistics, ``frontend.target_length`` the input length) and ``provenance``
@@ -344,8 +344,8 @@ def render(cfg: DownstreamConfig, config_path: str | Path | None = None, overrid
     sources = {}
     for s in settings:
         final = _get(tree, s.key)
-        sources[s.key] = s.source if final == s.value else f"{s.source} [protocol value {s.value!r}, set to " \
-                                                           f"{final!r} by -c/-o]"
+        changed = f"{s.source} [protocol value {s.value!r}, set to {final!r} by -c/-o]"
+        sources[s.key] = s.source if final == s.value else changed
     if protocol is None:
         why = ("none: frozen probes have no paper protocol" if not r.finetune
                else "none: no family protocol for this upstream and task")
@@ -355,7 +355,8 @@ def render(cfg: DownstreamConfig, config_path: str | Path | None = None, overrid
     out = dict(tree)
     out["upstream"] = describe_upstream(r.upstream, r.ckpt, cfg.overrides_for(r.upstream))
     out["provenance"] = {"layers": layers, "protocol": why, "settings": sources}
-    head = (f"# run_downstream.py -u {r.upstream} -d {r.task}{' -f' if r.finetune else ''}: resolved configuration\n"
+    head = (f"# run_downstream.py -u {r.upstream} -d {r.task}{' -f' if r.finetune else ''}: resolved "
+            "configuration\n"
             f"# layers, later wins: {' < '.join(layers)}\n"
             "# every key but 'upstream' and 'provenance' is what the run saves as config.yaml\n")
     return head + yaml.dump(out, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)

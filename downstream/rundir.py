@@ -4,25 +4,25 @@ Without ``-n`` the folder is ``<upstream>_<task>[_fold<k>]_<mode>[_l<k>]_seed<s>
 everything that makes a run different (the resolved config with every override, the upstream checkpoint's
 sha256, the data root), as the suites name their jobs. Whatever the name, a folder is written into only by a
 run of its own configuration (``config.yaml`` compared key by key, ``run.json`` holds the checkpoint's
-sha256), only once unless ``--resume``, and by one process at a time (``common.config.run_dir_lock``).
+sha256), only once unless ``--resume``, and by one process at a time (``common.rundir.run_dir_lock``).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
-from common.config import (ConfigError, check_run_dir, config_diff, config_to_dict, dump_config,
-                              read_saved_config, temp_path)
+from common.config import ConfigError, config_to_dict, dump_config
+from common.files import write_atomic
+from common.rundir import check_run_dir, config_diff, read_saved_config
 
-from .runner import DownstreamConfig
+from .config import DownstreamConfig
 from .tasks import resolve_data_root
 
-# Keys a run may change when resumed: machine paths (the checkpoint is compared by its sha256 instead), how far
-# training goes (the lr schedule does not depend on total_steps) and how it is logged or loaded.
+# Keys a run may change when resumed: machine paths (the checkpoint is compared by its sha256 instead), how
+# far training goes (the lr schedule does not depend on total_steps) and how it is logged or loaded.
 RESUMABLE_CHANGES = ("run.expname", "run.data_root", "run.ckpt", "runner.total_steps", "runner.num_workers",
                      "runner.log_step")
 
@@ -98,13 +98,8 @@ def claim(expdir: Path, cfg: DownstreamConfig, ckpt_sha256: str | None, resume: 
         if old.get("ckpt_sha256") != ckpt_sha256:
             what = "cannot resume" if resume else "it holds a run made"
             raise ConfigError(f"{expdir}: {what} with another upstream checkpoint: sha256 was "
-                              f"{old.get('ckpt_sha256')} ({old.get('ckpt')}), now {ckpt_sha256} ({cfg.run.ckpt}). "
-                              f"Choose another -n NAME for this checkpoint")
+                              f"{old.get('ckpt_sha256')} ({old.get('ckpt')}), now {ckpt_sha256} "
+                              f"({cfg.run.ckpt}). Choose another -n NAME for this checkpoint")
     dump_config(cfg, expdir / "config.yaml")
-    tmp = temp_path(saved)
-    try:
-        tmp.write_text(json.dumps({"upstream": cfg.run.upstream, "ckpt": cfg.run.ckpt, "ckpt_sha256": ckpt_sha256,
-                                   "command": sys.argv}, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, saved)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(saved, json.dumps({"upstream": cfg.run.upstream, "ckpt": cfg.run.ckpt,
+                                    "ckpt_sha256": ckpt_sha256, "command": sys.argv}, indent=1) + "\n")

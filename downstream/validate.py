@@ -1,38 +1,41 @@
-"""The upstream contract, written down and checked: ``python -m benchmark validate -u package.module:builder``.
+"""The upstream contract, written down and checked: ``python -m benchmark validate -u pkg.module:builder``.
 
 Any upstream plugs into ``run_downstream.py -u package.module:builder`` (frozen, ``-f`` fine-tuned, ``-l k``)
 and into the benchmark tables if it honours this contract, the one every registered upstream
 (``upstream/interface.py``) follows:
 
-**Builder.** ``builder(**overrides) -> torch.nn.Module``. It is called as ``builder()`` without ``--ckpt`` and as
-``builder(ckpt="path/given/to/--ckpt")`` with it (``upstream.registry.load``), plus any ``-o
-upstream_overrides.KEY=VALUE`` as keyword arguments, so ``def builder(ckpt=None, **overrides)`` takes everything.
-Whatever it raises is reported in one line naming it.
+**Builder.** ``builder(**overrides) -> torch.nn.Module``. It is called as ``builder()`` without ``--ckpt`` and
+as ``builder(ckpt="path/given/to/--ckpt")`` with it (``upstream.registry.load``), plus any ``-o
+upstream_overrides.KEY=VALUE`` as keyword arguments, so ``def builder(ckpt=None, **overrides)`` takes
+everything. Whatever it raises is reported in one line naming it.
 
 **Attributes** (plain Python ints, read before any data is loaded):
 
 * ``sample_rate``: the rate of the waveforms ``forward`` takes, in Hz; clips are resampled to it.
 * ``hidden_size``: H, the width of each ``hidden_states`` entry; the frozen probe's head reads it.
-* ``num_layers``: how many ``hidden_states`` entries ``forward`` returns; the weighted layer sum has one weight
-  per entry and ``-l k`` picks entry ``k``.
+* ``num_layers``: how many ``hidden_states`` entries ``forward`` returns; the weighted layer sum has one
+  weight per entry and ``-l k`` picks entry ``k``.
 * ``clip_size``: D, the width of ``clip``; the fine-tuning head of the PSLA recipes (``-f`` on ``as20k``,
   ``esc50``, ``speech_commands_v2``: ``head.kind: psla``) reads it.
 * ``get_downsample_rates(key)``: input samples per output frame (an int) for ``key="hidden_states"``; ``T``
   must be ``ceil(longest input / rate)`` give or take one frame.
-* ``frontend`` (optional): an ``nn.Module`` called inside ``forward`` as ``frontend(waveforms (B, S),
-  lengths (B,)) -> (features (B, T, F), frames (B,))``. The PSLA fine-tuning configs put SpecAugment and
-  noise (``augment.freqm/timem/noise``) after it; an upstream without one is fine-tuned without them (a
-  warning says so) and mixup, which acts on waveforms, still applies.
+* ``set_input_augment(augment)`` (optional): the fine-tuning hook. ``augment`` is None or a callable
+  ``augment(features (B, T, F), fill: float) -> (B, T, F)`` that ``forward`` must apply, in ``train()`` mode
+  only, to each input its encoder sees (``fill``: the value a silent input bin has there, what SpecAugment
+  masks with; 0.0 for unnormalised features). The PSLA fine-tuning configs put SpecAugment and noise
+  (``augment.freqm/timem/noise``) there; an upstream without the hook is fine-tuned without them (a warning
+  says so) and mixup, which acts on waveforms, still applies.
 
 **Forward.** ``forward(wavs)`` takes a list of B 1-D float tensors (lengths differ; values in [-1, 1) at
 ``sample_rate``) and returns a dict: ``hidden_states`` (a list of ``num_layers`` tensors ``(B, T, H)``),
-``last_hidden_state`` ``(B, T, H)``, ``clip`` ``(B, D)`` and ``lengths`` ``(B,)`` long, each clip's valid frames
-(``1..T``, growing with its length). Every value must be finite, and a clip's valid frames should not change
-with the padding a longer clip in its batch brings (checked as a warning).
+``last_hidden_state`` ``(B, T, H)``, ``clip`` ``(B, D)`` and ``lengths`` ``(B,)`` long, each clip's valid
+frames (``1..T``, growing with its length). Every value must be finite, and a clip's valid frames should not
+change with the padding a longer clip in its batch brings (checked as a warning).
 
-**What ``-f`` adds.** The upstream trains with the head: it must have parameters, and in ``train()`` mode a loss
-on ``clip`` and ``hidden_states`` must reach them through ``forward`` (no ``torch.no_grad``, no ``.detach()``).
-The upstream is moved with ``.to(device)``; ``forward`` must put its outputs on the parameters' device.
+**What ``-f`` adds.** The upstream trains with the head: it must have parameters, and in ``train()`` mode a
+loss on ``clip`` and ``hidden_states`` must reach them through ``forward`` (no ``torch.no_grad``, no
+``.detach()``). The upstream is moved with ``.to(device)``; ``forward`` must put its outputs on the
+parameters' device.
 
 ``validate_upstream(model)`` checks a built model (``run_downstream.py`` runs it before a plug-in upstream
 trains); :func:`validate_builder` also builds it the way the runner does. Both return problem strings; those
@@ -55,8 +58,8 @@ INT_ATTRIBUTES = {  # attribute: what reads it (the error says why it is needed)
     "num_layers": "the weighted layer sum and -l k",
     "clip_size": "the PSLA fine-tuning head (-f on as20k, esc50, speech_commands_v2)",
 }
-CONTRACT = "the upstream contract: README 'Plug in your own upstream', or `python -c \"import downstream.validate " \
-           "as v; help(v)\"`"
+CONTRACT = ("the upstream contract: README 'Plug in your own upstream', or `python -c \"import "
+            "downstream.validate as v; help(v)\"`")
 
 
 def _waves(sample_rate: int, secs: tuple[float, ...], seed: int = 0) -> list[torch.Tensor]:
@@ -95,11 +98,13 @@ def _check_forward(model, secs: tuple[float, ...], atol: float, device) -> list[
 
 def validate_upstream(model, secs: tuple[float, ...] = (1.0, 0.5, 1.5), atol: float = 1e-3,
                       finetune: bool = False, device: str | torch.device | None = None) -> list[str]:
-    """Problems found checking ``model`` against the contract (module docstring) on generated waves of ``secs``
-    seconds; with ``finetune`` also what ``-f`` needs. ``device``: where to run (default: the parameters')."""
+    """Problems found checking ``model`` against the contract (module docstring) on generated waves of
+    ``secs`` seconds; with ``finetune`` also what ``-f`` needs. ``device``: where to run (default: the
+    parameters')."""
     sr = getattr(model, "sample_rate", None)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
-        return [f"sample_rate must be a positive int attribute (Hz of the waveforms forward takes), got {sr!r}"]
+        return [f"sample_rate must be a positive int attribute (Hz of the waveforms forward takes), got "
+                f"{sr!r}"]
     problems: list[str] = []
     for attr, reader in INT_ATTRIBUTES.items():
         value = getattr(model, attr, None)
@@ -181,7 +186,8 @@ def _check_batch_consistency(model, out: dict, wavs: list[torch.Tensor], atol: f
         if n != int(out["lengths"][i]):
             p.append(f"warning: clip {i} has length {n} alone but {int(out['lengths'][i])} in a batch")
             continue
-        diff = (alone["last_hidden_state"][0, :n].float() - out["last_hidden_state"][i, :n].float()).abs().max()
+        single, batched = alone["last_hidden_state"][0, :n].float(), out["last_hidden_state"][i, :n].float()
+        diff = (single - batched).abs().max()
         if diff > atol:
             p.append(f"warning: clip {i} features differ alone vs batched on valid frames (max |diff| "
                      f"{diff:.2e} > {atol:g}); padding leaks into valid frames")
@@ -190,8 +196,8 @@ def _check_batch_consistency(model, out: dict, wavs: list[torch.Tensor], atol: f
 
 # ------------------------------------------------------------------------------------------ what -f adds
 def _check_finetune(model: nn.Module, secs: tuple[float, ...], device) -> list[str]:
-    """Gradients reach the parameters in train mode; outputs on the parameters' device; the front end (if any)
-    is what forward calls, so SpecAugment placed after it acts."""
+    """Gradients reach the parameters in train mode; outputs on the parameters' device; the augmentation hook
+    (if any) is called by forward, so SpecAugment given to it acts."""
     params = [p for p in model.parameters()]
     if not params:
         return ["(-f) the upstream has no parameters: fine-tuning would train only the head"]
@@ -204,7 +210,8 @@ def _check_finetune(model: nn.Module, secs: tuple[float, ...], device) -> list[s
         try:
             with torch.enable_grad():
                 out = model(wavs)
-                loss = out["clip"].float().pow(2).mean() + sum(h.float().pow(2).mean() for h in out["hidden_states"])
+                loss = out["clip"].float().pow(2).mean() + sum(h.float().pow(2).mean()
+                                                               for h in out["hidden_states"])
                 model.zero_grad(set_to_none=True)
                 if loss.requires_grad:  # else nothing reaches the parameters: reported below
                     loss.backward()
@@ -218,10 +225,10 @@ def _check_finetune(model: nn.Module, secs: tuple[float, ...], device) -> list[s
             problems.append("(-f) the gradients of the upstream's parameters contain NaN or Inf")
         pdev = params[0].device
         if out["clip"].device != pdev or out["hidden_states"][0].device != pdev:
-            problems.append(f"(-f) outputs are on {out['clip'].device} but the parameters on {pdev}: forward must "
-                            f"follow .to(device)")
+            problems.append(f"(-f) outputs are on {out['clip'].device} but the parameters on {pdev}: forward "
+                            f"must follow .to(device)")
         model.zero_grad(set_to_none=True)
-        problems += _check_frontend(model, wavs)
+        problems += _check_augment_hook(model, wavs)
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
@@ -230,30 +237,49 @@ def _check_finetune(model: nn.Module, secs: tuple[float, ...], device) -> list[s
 
 
 @torch.no_grad()
-def _check_frontend(model: nn.Module, wavs: list[torch.Tensor]) -> list[str]:
-    from .augment import AugmentConfig, AugmentedFrontend
+def _check_augment_hook(model: nn.Module, wavs: list[torch.Tensor]) -> list[str]:
+    """``set_input_augment``: optional; when present, ``forward`` in ``train()`` mode must call what it was
+    given with ``(features (B, T, F), fill)`` and use what that returns."""
+    hook = getattr(model, "set_input_augment", None)
+    if hook is None:
+        return ["warning: (-f) no set_input_augment hook: the PSLA fine-tuning configs' SpecAugment and "
+                "noise (augment.freqm/timem/noise) will be skipped for this upstream (mixup still applies)"]
+    if not callable(hook):
+        return [f"(-f) set_input_augment must be a method taking the augmentation, got {type(hook).__name__}"]
+    calls: list[tuple] = []
 
-    frontend = getattr(model, "frontend", None)
-    if frontend is None:
-        return ["warning: (-f) no .frontend module: the PSLA fine-tuning configs' SpecAugment and noise "
-                "(augment.freqm/timem/noise) will be skipped for this upstream (mixup still applies)"]
-    if not isinstance(frontend, nn.Module):
-        return [f"(-f) frontend must be an nn.Module called inside forward, got {type(frontend).__name__}"]
-    model.eval()  # the augmentation itself acts in train mode only: compare eval outputs with a train-mode mask
-    plain = model(wavs)["last_hidden_state"]
-    aug = AugmentedFrontend(frontend, AugmentConfig(freqm=10**6, timem=10**6, noise=True),
-                            torch.Generator(plain.device).manual_seed(0)).train()
-    model.frontend = aug
-    try:
-        masked = model(wavs)["last_hidden_state"]
-    except Exception as err:  # noqa: BLE001
-        return [f"(-f) forward with SpecAugment after .frontend raised {type(err).__name__}: {_one_line(err)} "
-                f"(frontend must return (features (B, T, F), frames (B,)))"]
-    finally:
-        model.frontend = frontend
-    if masked.shape == plain.shape and torch.equal(masked, plain):
-        return ["(-f) replacing .frontend does not change forward's output: forward must call self.frontend "
-                "(SpecAugment is placed there), not a reference kept elsewhere"]
+    def shifted(feats: torch.Tensor, fill: float) -> torch.Tensor:  # visibly changes the input
+        calls.append((tuple(feats.shape), fill))
+        return feats + 1.0
+
+    # the hook acts in train mode only; these passes leave no trace: the caller's RNG state (a run seeds
+    # before it checks a plug-in) and the model's buffers (batch-norm statistics) are as they were
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    devices = [wavs[0].device] if wavs[0].is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        model.train()
+        try:
+            torch.manual_seed(0)
+            plain = model(wavs)["last_hidden_state"]
+            hook(shifted)
+            torch.manual_seed(0)  # the same dropout draws as the plain pass
+            shifted_out = model(wavs)["last_hidden_state"]
+        except Exception as err:  # noqa: BLE001
+            return [f"(-f) forward with an input augmentation set by set_input_augment raised "
+                    f"{type(err).__name__}: {_one_line(err)}"]
+        finally:
+            hook(None)
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+    if not calls:
+        return ["(-f) forward in train() mode never calls the augmentation given to set_input_augment: "
+                "SpecAugment and noise would be silently skipped"]
+    if any(len(shape) != 3 or not isinstance(fill, (int, float)) for shape, fill in calls):
+        return [f"(-f) set_input_augment's augmentation must be called as augment(features (B, T, F), "
+                f"fill: float), got shapes/fill {calls[:2]}"]
+    if shifted_out.shape == plain.shape and torch.equal(shifted_out, plain):
+        return ["(-f) forward ignores what the augmentation given to set_input_augment returns: it must feed "
+                "that to its encoder"]
     return []
 
 
@@ -280,13 +306,14 @@ def validate_builder(name: str, ckpt: str | None = None, finetune: bool = True, 
         takes = sig is None or "ckpt" in sig.parameters or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
         if not takes:
-            problems.append(f"warning: the builder's signature {sig} takes no 'ckpt' keyword: --ckpt will fail "
-                            "(write def builder(ckpt=None, **overrides))")
+            problems.append(f"warning: the builder's signature {sig} takes no 'ckpt' keyword: --ckpt will "
+                            "fail (write def builder(ckpt=None, **overrides))")
     try:
         model = load(name, ckpt, **(overrides or {}))
     except (ValueError, FileNotFoundError, OSError) as err:
         return None, problems + [_one_line(err)]
-    if not isinstance(model, nn.Module):  # a registered name always builds one; a plug-in is checked by load()
+    # a registered name always builds one; a plug-in is checked by load()
+    if not isinstance(model, nn.Module):
         return None, problems + [f"the builder returned {type(model).__name__}, not a torch.nn.Module"]
     try:
         model.to(device)
@@ -303,8 +330,10 @@ def _one_line(err: BaseException) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m benchmark validate``."""
     p.add_argument("-u", "--upstream", required=True, help="registered name or package.module:builder")
-    p.add_argument("--ckpt", default=None, help="build as builder(ckpt=CKPT), as run_downstream.py --ckpt does")
-    p.add_argument("--frozen-only", action="store_true", help="skip what only -f needs (gradients, front end)")
+    p.add_argument("--ckpt", default=None,
+                   help="build as builder(ckpt=CKPT), as run_downstream.py --ckpt does")
+    p.add_argument("--frozen-only", action="store_true",
+                   help="skip what only -f needs (gradients, augment hook)")
     p.add_argument("--device", default="cpu", help="where to run the checks (e.g. cuda)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="builder keyword argument (as -o upstream_overrides.KEY=VALUE of run_downstream.py)")
@@ -334,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
     m = model
     print(f"{args.upstream}: honours the upstream contract ({checked}, {warns} warning(s), "
           f"{time.perf_counter() - t0:.1f} s): sample_rate {m.sample_rate}, hidden_size {m.hidden_size}, "
-          f"num_layers {m.num_layers}, clip_size {m.clip_size}, {m.get_downsample_rates('hidden_states')} samples "
-          f"per frame, front end {'yes' if isinstance(getattr(m, 'frontend', None), nn.Module) else 'none'}")
+          f"num_layers {m.num_layers}, clip_size {m.clip_size}, {m.get_downsample_rates('hidden_states')} "
+          f"samples per frame, augment hook "
+          f"{'yes' if callable(getattr(m, 'set_input_augment', None)) else 'none'}")
     return 0

@@ -19,8 +19,8 @@ needing the same files waits and finds them computed); shards and the index are 
 unique to the writer and renamed, the index last, so an interrupted build leaves the previous cache intact and
 its temporary files are removed by the next update. Each shard's sha256, computed while it is written, is in
 the index; the shards a run uses are verified when it opens the cache (~0.3 s per 512 MiB shard), and a shard
-that does not match (or has no checksum: written by an older version) is deleted and its files recomputed, with
-a warning naming it, or refused (``DataError``) where the cache cannot be written.
+that does not match (or has no checksum: written by an older version) is deleted and its files recomputed,
+with a warning naming it, or refused (``DataError``) where the cache cannot be written.
 
 What differs from the waveform path (``UnlabeledAudio`` + ``Fbank`` on the device): the fbank is that of
 the whole file (mean removal over the whole file, not per crop), crops are cut in frames, ASiT's circular
@@ -31,22 +31,37 @@ longer than the crop) and nothing is rolled, both paths give the same features.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from common.files import (HashingWriter, cannot_write, file_checksum, locked, remove_stale_tmps, tmp_path,
-                          write_atomic)
-from upstream.frontend import AudioError, Fbank, FbankConfig, load_audio, num_frames
+from common.distributed import DistContext
+from common.files import (
+    HashingWriter,
+    cannot_write,
+    file_checksum,
+    locked,
+    remove_stale_tmps,
+    tmp_path,
+    write_atomic,
+)
+from upstream.frontend import AudioError, Fbank, FbankConfig, load_audio
+from upstream.kaldi import num_frames
 
+from .config import PretrainConfig
+from .data import DataError
+
+log = logging.getLogger(__name__)
 FORMAT, VERSION = "astbench-fbank-cache", 2  # 2: shard checksums, "next_shard"
 SHARD_FRAMES = 1 << 20  # 1M frames x 128 bins x 4 bytes = 512 MiB per shard at most
 
@@ -76,25 +91,26 @@ def build_cache(root: str | os.PathLike, files: Sequence[str], fe: FbankConfig, 
         DataError: the cache in ``root`` was built with another front end (or by a newer version), or it lacks
             files or has a damaged shard and cannot be written.
     """
-    from .engine import DataError
-
     root, key = Path(root), frontend_key(fe)
     log = log or logging.getLogger(__name__)
     verified: dict[str, tuple] = {}  # shard name -> the file identity it was verified with, in this call
     index = _read_index(root, key)
     if index is not None and not _plan(root, index, files, verified)[0]:
         return index
+    def waiting() -> None:
+        log.info("fbank cache %s: waiting for another process updating it", root)
+
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with locked(root / "index.lock",
-                    waiting=lambda: log.info("fbank cache %s: waiting for another process updating it", root)):
+        with locked(root / "index.lock", waiting=waiting):
             # read again under the lock: another process may have added files (or computed ours) meanwhile
             index = _read_index(root, key) or {"format": FORMAT, "version": VERSION, "frontend": key,
                                                "next_shard": 0, "shards": {}, "files": {}}
             todo, damaged = _plan(root, index, files, verified)
             if todo:
                 _drop_shards(root, index, damaged, log)
-                remove_stale_tmps(root, lambda msg: log.info("fbank cache: %s", msg), ("*.tmp", "shard-*.tmp.npy"))
+                remove_stale_tmps(root, lambda msg: log.info("fbank cache: %s", msg),
+                                  ("*.tmp", "shard-*.tmp.npy"))
                 log.info("fbank cache %s: computing %d of %d files", root, len(todo), len(files))
                 _compute(root, index, todo, fe, key, resample, min_samples)
                 write_atomic(root / "index.json", json.dumps(index))  # last: shards it names exist before
@@ -106,21 +122,20 @@ def build_cache(root: str | os.PathLike, files: Sequence[str], fe: FbankConfig, 
 
 
 def _not_writable(root: Path, err: OSError) -> str:
-    return (f"fbank cache {root} needs an update (new or changed files, or a damaged shard) but cannot be written "
-            f"({err.strerror}: {err.filename}); use a writable directory for data.fbank_cache")
+    return (f"fbank cache {root} needs an update (new or changed files, or a damaged shard) but cannot be "
+            f"written ({err.strerror}: {err.filename}); use a writable directory for data.fbank_cache")
 
 
 def _read_index(root: Path, key: dict) -> dict | None:
     """The index in ``root`` (upgraded to this version's fields), None if there is none yet."""
-    from .engine import DataError
-
     path = root / "index.json"
     if not path.is_file():
         return None
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise DataError(f"fbank cache index {path} is unreadable ({err}); delete {root} to rebuild it") from None
+        raise DataError(f"fbank cache index {path} is unreadable ({err}); delete {root} to rebuild it"
+                        ) from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{path} is not an astbench fbank cache index; use another directory")
     if int(index.get("version", 0)) > VERSION:
@@ -188,7 +203,8 @@ def _compute(root: Path, index: dict, todo: list[str], fe: FbankConfig, key: dic
              min_samples: int) -> None:
     """Compute the fbank of ``todo`` into new shards of ``root`` and add them to ``index`` (not written)."""
     fbank = Fbank(FbankConfig(**key))
-    on_disk = [int(m[1]) for p in root.glob("shard-*.npy") if (m := re.fullmatch(r"shard-(\d+)\.npy", p.name))]
+    on_disk = [int(m[1]) for p in root.glob("shard-*.npy")
+               if (m := re.fullmatch(r"shard-(\d+)\.npy", p.name))]
     next_shard = max([index["next_shard"], *(k + 1 for k in on_disk),
                       *(e["shard"] + 1 for e in index["files"].values() if "shard" in e)])
     chunks, rows = [], 0
@@ -251,7 +267,7 @@ def pad_value(fe: FbankConfig) -> float:
 
 
 class CachedFbank(Dataset):
-    """Like :class:`~pretrain.engine.UnlabeledAudio`, but views are fbank crops ``(T, F)`` from the cache.
+    """Like :class:`~pretrain.data.UnlabeledAudio`, but views are fbank crops ``(T, F)`` from the cache.
 
     Keys, the replacement of unusable files and the per-position random draws follow ``UnlabeledAudio``.
     """
@@ -276,8 +292,6 @@ class CachedFbank(Dataset):
         return self._shards[k][entry["offset"]:entry["offset"] + entry["frames"]]
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        from .engine import DataError
-
         position, index = key
         bad = []
         for attempt in range(len(self.files)):
@@ -315,3 +329,20 @@ def collate_fbank(items: list[dict], pad: float = 0.0, target_length: int | None
         for v, view in enumerate(it["views"]):
             feats[b, v, : lengths[b, v]] = view[: lengths[b, v]]
     return feats, lengths, [x for it in items for x in it["bad"]]
+
+
+def cached_dataset(cfg: PretrainConfig, files: list[str], fe: FbankConfig, raw: nn.Module, min_samples: int,
+                   ctx: DistContext) -> tuple[Dataset, Callable]:
+    """The dataset of a run with ``data.fbank_cache`` and its collate function; rank 0 builds or updates the
+    cache first (the other ranks wait for it)."""
+    root = Path(cfg.data.fbank_cache)
+    if ctx.is_main:
+        min_samples = max(min_samples, math.ceil(cfg.data.min_secs * fe.sample_rate))
+        build_cache(root, files, fe, cfg.data.resample, min_samples, log)
+    ctx.barrier()  # the other ranks read the index rank 0 wrote
+    index = json.loads((root / "index.json").read_text(encoding="utf-8"))
+    if cfg.data.pad_to_crop and ctx.is_main:
+        log.warning("data.pad_to_crop is not reproduced by the fbank cache: short clips are padded as the "
+                    "front end pads its target length")
+    dataset = CachedFbank(root, index, files, fe, raw.crop_secs, raw.num_views, cfg.seed, cfg.data.roll_prob)
+    return dataset, functools.partial(collate_fbank, pad=pad_value(fe), target_length=fe.target_length)

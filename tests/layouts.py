@@ -1,11 +1,11 @@
 """Tiny datasets written in each task's public on-disk layout, for tests.
 
 Every builder has the signature ``make_X(root, clips_per_class=2, seed=0, ...) -> dict``: it writes under
-``root`` (a fresh ``tmp_path``) and returns the keyword arguments of ``downstream.datasets.READERS["X"]``
-(paths, plus the fold for the fold-based tasks), so ``READERS[name](**make_X(tmp_path))`` reads it. The folder
-names, file names, CSV/JSON/TXT formats and split rules copy the real releases; only the sizes shrink: clips
-are 0.2-0.5 s of noisy sine (16 kHz int16, ESC-50 at 44.1 kHz as distributed) instead of 1-10 s, and most sets
-keep a few classes. Each builder's docstring says what it keeps and what it shrinks.
+``root`` (a fresh ``tmp_path``) and returns the keyword arguments of the reader ``downstream.datasets.X``
+(paths, plus the fold for the fold-based tasks), so ``get_task(name).reader(**make_X(tmp_path))`` reads it.
+The folder names, file names, CSV/JSON/TXT formats and split rules copy the real releases; only the sizes
+shrink: clips are 0.2-0.5 s of noisy sine (16 kHz int16, ESC-50 at 44.1 kHz as distributed) instead of
+1-10 s, and most sets keep a few classes. Each builder's docstring says what it keeps and what it shrinks.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -384,7 +385,8 @@ def make_messy_folder(root: Path, short_per_class: int = 6, long_secs: tuple[flo
 
     Per split and class ``short_per_class`` short clips (0.2-0.4 s; 2 in dev); train holds ``long_secs`` clips
     in both classes and test one of the first length (yes), so a few very long clips sit among short ones; one
-    file of every ``BAD_AUDIO`` kind is placed as ``_MESSY_BAD_PLACES`` says (train, dev and test each get some).
+    file of every ``BAD_AUDIO`` kind is placed as ``_MESSY_BAD_PLACES`` says (train, dev and test each get
+    some).
     Returns the reader's keyword arguments plus ``bad`` (kind -> path) and ``long`` (paths of the long clips).
     """
     base = root / "messy_ds"
@@ -393,11 +395,17 @@ def make_messy_folder(root: Path, short_per_class: int = 6, long_secs: tuple[flo
     for split in ("train", "dev", "test"):
         for cls in ("no", "yes"):
             for k in range(short_per_class if split != "dev" else 2):
-                write_tone(base / split / cls / f"{cls}_{k:03d}.wav", 0.2 + 0.2 * (k % 3) / 2, sample_rate, seed + n)
+                secs = 0.2 + 0.2 * (k % 3) / 2
+                write_tone(base / split / cls / f"{cls}_{k:03d}.wav", secs, sample_rate, seed + n)
                 n += 1
-            longs = long_secs if split == "train" else long_secs[:1] if split == "test" and cls == "yes" else ()
+            longs: Sequence[float] = ()  # every train class gets all the long clips; test gets one, in "yes"
+            if split == "train":
+                longs = long_secs
+            elif (split, cls) == ("test", "yes"):
+                longs = long_secs[:1]
             for k, secs in enumerate(longs):
-                long_paths.append(write_tone(base / split / cls / f"{cls}_long{k}.wav", secs, sample_rate, seed + n))
+                path = base / split / cls / f"{cls}_long{k}.wav"
+                long_paths.append(write_tone(path, secs, sample_rate, seed + n))
                 n += 1
     bad = {kind: write_bad_audio(base / split / cls / f"bad_{kind}.wav", kind, sample_rate)
            for kind, (split, cls) in _MESSY_BAD_PLACES.items()}

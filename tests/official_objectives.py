@@ -46,9 +46,11 @@ class Replay:
 
     method: str
     losses: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (ours, official)
-    grad_norms: dict[str, tuple[float, float]] = field(default_factory=dict)  # official name -> (ours, official)
+    # official name -> (ours, official)
+    grad_norms: dict[str, tuple[float, float]] = field(default_factory=dict)
     near_zero: set[str] = field(default_factory=set)  # official names whose exact gradient is zero
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)  # (ours, ref, atol)
+    # (ours, ref, atol)
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
 
 
 def compare(fixture_path: str | Path) -> dict[str, tuple[float, float]]:
@@ -70,7 +72,8 @@ def within(difference: float, tolerance: float) -> bool:
 def replay(fixture_path: str | Path) -> Replay:
     """Run this project's objective on a fixture; see the module docstring."""
     path = Path(fixture_path)
-    fx = torch.load(path, map_location="cpu", weights_only=False)  # trusted fixture (README: weights_only=False)
+    # trusted fixture (README: weights_only=False)
+    fx = torch.load(path, map_location="cpu", weights_only=False)
     ckpt = _checkpoint_file(path, fx)
     runners = {"ssast": _ssast, "maeast": _mae_ast, "mae_ast": _mae_ast, "asit": _asit}
     if fx.get("method") not in runners:
@@ -149,7 +152,7 @@ def _ssast(fx: dict, ckpt: Path) -> Replay:
     token = "patch" if (c["fshape"], c["tshape"]) == (16, 16) else "frame"
     o = SSASTObjective(SSASTPretrainConfig(
         token=token, mask_patch=c["mask_patch"], cluster=c["cluster"], objective=objective,
-        gen_weight=c.get("joint_weight_mse", 10.0), two_pass=True, input_tdim=c["input_tdim"],
+        gen_weight=c.get("joint_weight_mse", 10.0), two_pass=True, target_length=c["input_tdim"],
         norm_mean=c["norm_mean"], norm_std=c["norm_std"], encoder=_arch(raw)))
     o.load_state_dict({k: raw.state[k[len("encoder."):]] if k.startswith("encoder.") else sd["module." + k]
                        for k in o.state_dict()})
@@ -175,7 +178,8 @@ def _ssast(fx: dict, ckpt: Path) -> Replay:
         mine = masked_indices(masks[passes.index(k)], ids.shape[1])
         r.tensors[f"{k}/mask_index"] = (mine, ids.sort(1).values, 0.0)
         r.tensors[f"{k}/pred"] = (seen[k], _rows_by_id(fx[k]["pred"], ids), PRED_ATOL)
-        r.tensors[f"{k}/target"] = (torch.gather(targets, 1, mine[..., None].expand(-1, -1, targets.shape[-1])),
+        r.tensors[f"{k}/target"] = (torch.gather(targets, 1,
+                                                 mine[..., None].expand(-1, -1, targets.shape[-1])),
                                     _rows_by_id(fx[k]["target"], ids), TARGET_ATOL)
     if "mpc" in fx:
         r.tensors["mpc/acc"] = (logs["masked_acc"], fx["mpc"]["acc"], 0.0)
@@ -191,8 +195,8 @@ def _ssast(fx: dict, ckpt: Path) -> Replay:
 
 
 # ------------------------------------------------------------------------------------------------ MAE-AST
-FAIRSEQ_LAYER = {"attn.proj": "self_attn.out_proj", "norm1": "self_attn_layer_norm", "norm2": "final_layer_norm",
-                 "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
+FAIRSEQ_LAYER = {"attn.proj": "self_attn.out_proj", "norm1": "self_attn_layer_norm",
+                 "norm2": "final_layer_norm", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
 
 
 def _fairseq_names(name: str) -> list[str]:
@@ -218,7 +222,8 @@ def _mae_ast(fx: dict, ckpt: Path) -> Replay:
         token=token, mask_ratio=c["random_mask_prob"],  # the mask type only matters for drawing: given here
         mask_type="chunk" if c["mask_type"] == "chunk_mask" else "random",
         recon_weight=crit["reconstruction_weight"], class_weight=crit["classification_weight"],
-        decoder_depth=m["decoder_layers"], objective="joint" if crit["classification_weight"] > 0 else "generative",
+        decoder_depth=m["decoder_layers"],
+        objective="joint" if crit["classification_weight"] > 0 else "generative",
         encoder={**_arch(raw), **NO_DROPOUT}))
     o.load_state_dict({k: raw.state[k[len("encoder."):]] if k.startswith("encoder.")
                        else torch.cat([sd[n] for n in _fairseq_names(k)]) for k in o.state_dict()})
@@ -246,15 +251,18 @@ def _mae_ast(fx: dict, ckpt: Path) -> Replay:
         r.losses["loss/info_nce"] = (logs["nce"].item(), fx["loss_info_nce"].item())
     e = o.encoder.cfg
     retained = fx["mask"]["retained_idx"]
-    r.tensors["unfold_patches"] = (patchify(seen["normalised"], e.fshape, e.tshape, "time_major"), fx["unfold_patches"],
-                                   TARGET_ATOL)
-    r.tensors["encoder_input"] = (seen["encoder_input"], _rows_by_id(fx["encoder_input"], retained), PRED_ATOL)
+    r.tensors["unfold_patches"] = (patchify(seen["normalised"], e.fshape, e.tshape, "time_major"),
+                                   fx["unfold_patches"], TARGET_ATOL)
+    r.tensors["encoder_input"] = (seen["encoder_input"], _rows_by_id(fx["encoder_input"], retained),
+                                  PRED_ATOL)
     r.tensors["encoder_out"] = (seen["encoder_out"], _rows_by_id(fx["encoder_out"], retained), PRED_ATOL)
-    for k in ("tokens_after_proj", "decoder_input", "decoder_out", "logit_m_list_recon", "logit_m_list_class"):
+    for k in ("tokens_after_proj", "decoder_input", "decoder_out", "logit_m_list_recon",
+              "logit_m_list_class"):
         if k in seen:
             r.tensors[k] = (seen[k], fx[k], PRED_ATOL)
     mean, var = fx["batch_norm_running_after"]
-    r.tensors["batch_norm_running_mean"] = (o.encoder.input_bn.running_mean, mean, 1e-5 * float(mean.abs().max()))
+    r.tensors["batch_norm_running_mean"] = (o.encoder.input_bn.running_mean, mean,
+                                            1e-5 * float(mean.abs().max()))
     r.tensors["batch_norm_running_var"] = (o.encoder.input_bn.running_var, var, 1e-5 * float(var.abs().max()))
 
     def rename(name, g):
@@ -274,7 +282,8 @@ def _mae_ast(fx: dict, ckpt: Path) -> Replay:
 def _asit_name(name: str) -> str:
     """Our ASiT student parameter name -> the official ``module.*`` one."""
     for ours, theirs in (("encoder.prefix_tokens", "backbone.cls_token"), ("encoder.", "backbone."),
-                         ("head.cls_v", "head_cls.cls_layer.weight_v"), ("head.data_v", "head_cls.data_layer.weight_v"),
+                         ("head.cls_v", "head_cls.cls_layer.weight_v"),
+                         ("head.data_v", "head_cls.data_layer.weight_v"),
                          ("head.", "head_cls."), ("rec_head.conv_trans.", "head_recons.convTrans."),
                          ("rec_head.", "head_recons.")):
         if name.startswith(ours):
@@ -288,7 +297,8 @@ def _asit_state(o: ASiTObjective, ckpt: dict, student, teacher) -> dict:
         for layer in ("cls_layer", "data_layer"):
             g = ckpt[who][f"{prefix}head_cls.{layer}.weight_g"]
             if not torch.equal(g, torch.ones_like(g)):
-                raise AssertionError(f"{who} head_cls.{layer}.weight_g is not 1; this project fixes the gain at 1")
+                raise AssertionError(f"{who} head_cls.{layer}.weight_g is not 1; "
+                                     "this project fixes the gain at 1")
     state = {}
     for k in o.state_dict():
         if k.startswith("encoder."):
@@ -300,7 +310,8 @@ def _asit_state(o: ASiTObjective, ckpt: dict, student, teacher) -> dict:
         elif k in ("center_cls", "center_data"):
             state[k] = ckpt["loss_cls" if k == "center_cls" else "loss_data"]["center"].view_as(getattr(o, k))
         elif k == "step":
-            state[k] = torch.tensor(int(ckpt["epoch"]))  # the official schedule is per epoch: one step per epoch
+            # the official schedule is per epoch: one step per epoch
+            state[k] = torch.tensor(int(ckpt["epoch"]))
         else:
             state[k] = ckpt["student"][_asit_name(k)]
     return state
@@ -308,20 +319,21 @@ def _asit_state(o: ASiTObjective, ckpt: dict, student, teacher) -> dict:
 
 def _asit(fx: dict, ckpt: Path) -> Replay:
     c, cl, dl = fx["config"], fx["cls_loss"], fx["data_loss"]
-    student = read_checkpoint(ckpt, asit_backbone="student", num_heads=c["num_heads"])
-    teacher = read_checkpoint(ckpt, asit_backbone="teacher", num_heads=c["num_heads"])
+    student = read_checkpoint(ckpt, backbone="student", num_heads=c["num_heads"])
+    teacher = read_checkpoint(ckpt, backbone="teacher", num_heads=c["num_heads"])
     w = c["loss_weights"]
     if w["cls"] not in (0, 1) or w["data"] not in (0, 1):
         raise ValueError(f"ASiT loss weights {w}: only 0 or 1 for the cls and data terms are supported")
     o = ASiTObjective(ASiTPretrainConfig(
-        size="mini", num_frames=student.encoder.input_tdim, out_dim_cls=c["out_dim_cls"],
+        size="mini", target_length=student.encoder.input_tdim, out_dim_cls=c["out_dim_cls"],
         out_dim_data=c["out_dim_data"],
-        student_temp=cl["student_temp"], teacher_temp=c["teacher_temp"], warmup_teacher_temp=c["warmup_teacher_temp"],
+        student_temp=cl["student_temp"], teacher_temp=c["teacher_temp"],
+        warmup_teacher_temp=c["warmup_teacher_temp"],
         warmup_teacher_temp_steps=c["warmup_teacher_temp_epochs"], center_momentum=cl["center_momentum"],
         recon_weight=float(w["rec"]), drop_path=0.0, use_cls=w["cls"] > 0, use_data=w["data"] > 0,
         use_recon=w["rec"] > 0, norm_mean=c["data_mean"], norm_std=c["data_std"],
-        head_hidden=c["cls_hidden_dim"], head_bottleneck=c["cls_bottleneck_dim"], rec_hidden=c["rec_hidden_dim"],
-        rec_bottleneck=c["rec_bottleneck_dim"], encoder=_arch(student)))
+        head_hidden=c["cls_hidden_dim"], head_bottleneck=c["cls_bottleneck_dim"],
+        rec_hidden=c["rec_hidden_dim"], rec_bottleneck=c["rec_bottleneck_dim"], encoder=_arch(student)))
     o.load_state_dict(_asit_state(o, _load_state(ckpt), student, teacher))
     seen: dict = {}
     _record(o.teacher_head, seen, "teacher")
@@ -351,16 +363,17 @@ def _asit(fx: dict, ckpt: Path) -> Replay:
     for who in ("teacher", "student"):
         cls, data = seen[who]
         r.tensors[f"{who}_out/cls"] = (official_rows(cls), fx[f"{who}_out"]["cls"], PRED_ATOL)
-        r.tensors[f"{who}_out/data"] = (official_rows(data).flatten(0, 1), fx[f"{who}_out"]["data"], PRED_ATOL)
+        r.tensors[f"{who}_out/data"] = (official_rows(data).flatten(0, 1), fx[f"{who}_out"]["data"],
+                                        PRED_ATOL)
         r.tensors[f"{who}_out/backbone_norm_out"] = (official_rows(seen[f"{who}_norm"]),
                                                      fx[f"{who}_out"]["backbone_norm_out"], PRED_ATOL)
-    r.tensors["student_out/recons"] = (official_rows(seen["recons"]).unsqueeze(1), fx["student_out"]["recons"],
-                                       PRED_ATOL)
+    r.tensors["student_out/recons"] = (official_rows(seen["recons"]).unsqueeze(1),
+                                       fx["student_out"]["recons"], PRED_ATOL)
     for ours, theirs in ((o.center_cls, cl), (o.center_data, dl)):
         ref = theirs["center_after"]
         r.tensors[f"center_after/{ref.shape[-1]}"] = (ours.view_as(ref), ref, 1e-5 * float(ref.abs().max()))
-    r.tensors["teacher_temp"] = (logs["teacher_temp"].double(), torch.tensor(cl["teacher_temp"], dtype=torch.float64),
-                                 1e-7)
+    r.tensors["teacher_temp"] = (logs["teacher_temp"].double(),
+                                 torch.tensor(cl["teacher_temp"], dtype=torch.float64), 1e-7)
 
     rename = lambda name, g: [(_asit_name(name), g)]  # noqa: E731
     r.grad_norms = _pair(_grad_norms(o, rename), fx["grad_norm"])
@@ -370,7 +383,8 @@ def _asit(fx: dict, ckpt: Path) -> Replay:
 
 # ------------------------------------------------------------------------------------------------ shared
 def _pair(ours: dict[str, float], official: dict) -> dict[str, tuple[float, float]]:
-    """(ours, official) for every official gradient norm; a parameter of ours with no official twin is an error."""
+    """(ours, official) for every official gradient norm; a parameter of ours with no official twin is an
+    error."""
     extra = set(ours) - set(official)
     if extra:
         raise AssertionError(f"gradients of ours with no official parameter: {sorted(extra)}")
@@ -379,7 +393,8 @@ def _pair(ours: dict[str, float], official: dict) -> dict[str, tuple[float, floa
 
 def _full_grads(r: Replay, model: nn.Module, rename, fx: dict) -> None:
     """The fixture's full gradients of a few small parameters, as debugging tensors."""
-    grads = {off: g for name, p in model.named_parameters() if p.grad is not None for off, g in rename(name, p.grad)}
+    grads = {off: g for name, p in model.named_parameters() if p.grad is not None
+             for off, g in rename(name, p.grad)}
     for name, ref in fx.get("grad", {}).items():
         if name in grads:
             near_zero = name in fx.get("fp64_vs_fp32_rel", {}).get("near_zero_grad_params", {})

@@ -55,7 +55,8 @@ def _one_error(capsys) -> str:
 
 
 def _downstream(tmp_path, folder, *extra) -> list[str]:
-    return ["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(folder), "--expdir", str(tmp_path / "exp"),
+    return ["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(folder), "--expdir",
+            str(tmp_path / "exp"),
             "--results", str(tmp_path / "r.jsonl"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
             *TINY, *extra]
 
@@ -69,27 +70,34 @@ DOWNSTREAM_CASES = [
     ("zero eval_step", ["-o", "runner.eval_step=0"], ["runner.eval_step must be >= 1, got 0"]),
     ("zero total_steps", ["-o", "runner.total_steps=0"], ["total_steps must be >= 1"]),
     ("zero eval batch", ["-o", "runner.eval_batch_size=0"], ["eval_batch_size must be >= 1"]),
-    ("zero accumulation", ["-o", "runner.gradient_accumulate_steps=0"], ["gradient_accumulate_steps must be >= 1"]),
+    ("zero accumulation", ["-o", "runner.gradient_accumulate_steps=0"],
+     ["gradient_accumulate_steps must be >= 1"]),
     ("zero clipping", ["-o", "runner.gradient_clipping=0"], ["gradient_clipping must be > 0"]),
     ("negative workers", ["-o", "runner.num_workers=-1"], ["num_workers must be >= 0"]),
     ("beta of 1", ["-o", "optimizer.betas=[0.9,1.0]"], ["betas must each lie in [0, 1)"]),
     ("negative decay", ["-o", "optimizer.weight_decay=-0.1"], ["weight_decay must be >= 0"]),
     ("zero head width", ["-o", "head.proj_dim=0"], ["proj_dim must be >= 1"]),
     ("negative seed", ["--seed", "-1"], ["seed must lie in 0..2**32-1, got -1"]),
+    ("run section by -o", ["-o", "run.seed=3"],
+     ["config key 'run.seed' (-o) is not a setting", "use --seed"]),
+    ("run section by s3prl -o", ["-o", "config.run.fold=2"], ["'run.fold'", "use --fold"]),
     ("expdir not writable", ["--expdir", "{blocker}/exp"], ["experiment folder (--expdir)", "not writable"]),
     ("cache dir not writable", ["--cache-dir", "{blocker}/cache"], ["feature cache folder", "not writable"]),
     ("results not writable", ["--results", "{blocker}/r.jsonl"], ["results file", "cannot be written"]),
     ("results is a folder", ["--results", "{tmp}"], ["is a folder"]),
-    ("resume without a run", ["--resume", "-n", "never_ran"], ["--resume: no checkpoint", "never_ran/last.ckpt"]),
+    ("resume without a run", ["--resume", "-n", "never_ran"],
+     ["--resume: no checkpoint", "never_ran/last.ckpt"]),
     ("missing checkpoint", ["--ckpt", "{tmp}/nope.pt"], ["nope.pt does not exist"]),
     ("plug-in raises", ["-u", "bad_plugins:raises"],
      ["'bad_plugins:raises'", "RuntimeError: weights server unreachable"]),
-    ("plug-in returns None", ["-u", "bad_plugins:returns_none"], ["returned NoneType, not a torch.nn.Module"]),
+    ("plug-in returns None", ["-u", "bad_plugins:returns_none"],
+     ["returned NoneType, not a torch.nn.Module"]),
     ("plug-in returns a dict", ["-u", "bad_plugins:returns_dict"], ["returned dict, not a torch.nn.Module"]),
 ]
 
 
-@pytest.mark.parametrize("extra,expect", [c[1:] for c in DOWNSTREAM_CASES], ids=[c[0] for c in DOWNSTREAM_CASES])
+@pytest.mark.parametrize("extra,expect", [c[1:] for c in DOWNSTREAM_CASES],
+                         ids=[c[0] for c in DOWNSTREAM_CASES])
 def test_downstream_bad_input(tmp_path, folder, blocker, capsys, monkeypatch, extra, expect):
     (tmp_path / "bad_plugins.py").write_text(PLUGINS)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -103,7 +111,8 @@ def test_downstream_bad_input(tmp_path, folder, blocker, capsys, monkeypatch, ex
 
 
 def test_evaluate_of_a_folder_that_is_no_run(tmp_path, capsys):
-    assert run_downstream.main(["-m", "evaluate", "-e", str(tmp_path), "--results", str(tmp_path / "r.jsonl")]) == 2
+    assert run_downstream.main(["-m", "evaluate", "-e", str(tmp_path), "--results",
+                                str(tmp_path / "r.jsonl")]) == 2
     assert "has no config.yaml: not the folder of a trained run" in _one_error(capsys)
 
 
@@ -118,7 +127,8 @@ def test_unwritable_results_fail_before_training(tmp_path, folder, blocker, caps
 def test_resume_with_another_head_names_the_key(tmp_path, folder, capsys):
     assert run_downstream.main(_downstream(tmp_path, folder, "-n", "run", "-o", "head.proj_dim=8")) == 0
     capsys.readouterr()
-    assert run_downstream.main(_downstream(tmp_path, folder, "-n", "run", "-o", "head.proj_dim=16", "--resume")) == 2
+    assert run_downstream.main(_downstream(tmp_path, folder, "-n", "run", "-o", "head.proj_dim=16",
+                                           "--resume")) == 2
     assert "head.proj_dim was 8, now 16" in _one_error(capsys)
 
 
@@ -141,7 +151,8 @@ def test_resume_with_another_number_of_classes_names_the_parameter(tmp_path, fol
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_audio_error_while_training_is_one_error_line(tmp_path, folder, capsys, monkeypatch, workers):
-    """An AudioError met while decoding in training (here forced on every clip), also from a worker process."""
+    """An AudioError met while decoding in training (here forced on every clip), also from a worker
+    process."""
     from downstream import datasets
     from upstream.frontend import AudioError
 
@@ -156,7 +167,8 @@ def test_an_audio_error_while_training_is_one_error_line(tmp_path, folder, capsy
 
 # ------------------------------------------------------------------------------------------ pretraining
 def _pretrain(tmp_path, audio: Path, *extra) -> list[str]:
-    return ["-u", "mae_ast_patch", "-c", str(REPO / "configs/pretrain/mae_ast_patch_mini.yaml"), "--data", str(audio),
+    return ["-u", "mae_ast_patch", "-c", str(REPO / "configs/pretrain/mae_ast_patch_mini.yaml"), "--data",
+            str(audio),
             "--expdir", str(tmp_path / "exp"), "--device", "cpu", "-o", "max_steps=2", "-o", "batch_size=2",
             "-o", "data.num_workers=0", "-o", "tensorboard=false", *extra]
 
@@ -178,8 +190,10 @@ PRETRAIN_CASES = [
     ("negative weight decay", ["-o", "optim.weight_decay=-1"], 2, ["optim.weight_decay must be >= 0"]),
     ("beta of 1", ["-o", "optim.betas=[1.0,0.99]"], 2, ["betas must each lie in [0, 1)"]),
     ("roll probability", ["-o", "data.roll_prob=2"], 2, ["roll_prob is a probability"]),
-    ("expdir not writable", ["--expdir", "{blocker}/exp"], 2, ["experiment folder (--expdir)", "not writable"]),
-    ("fbank cache not writable", ["--fbank-cache", "{blocker}/fb"], 2, ["fbank cache folder", "not writable"]),
+    ("expdir not writable", ["--expdir", "{blocker}/exp"], 2,
+     ["experiment folder (--expdir)", "not writable"]),
+    ("fbank cache not writable", ["--fbank-cache", "{blocker}/fb"], 2,
+     ["fbank cache folder", "not writable"]),
     ("resume without a run", ["--resume"], 2, ["--resume: no checkpoint"]),
     ("change without resume", ["--allow-config-change"], 2, ["only applies with --resume"]),
     ("diverges at once", ["-o", "optim.lr=1e30", "-o", "optim.warmup_steps=0", "-o", "ckpt_every=100"], 1,
@@ -187,7 +201,8 @@ PRETRAIN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("extra,code,expect", [c[1:] for c in PRETRAIN_CASES], ids=[c[0] for c in PRETRAIN_CASES])
+@pytest.mark.parametrize("extra,code,expect", [c[1:] for c in PRETRAIN_CASES],
+                         ids=[c[0] for c in PRETRAIN_CASES])
 def test_pretrain_bad_input(tmp_path, audio, blocker, capsys, extra, code, expect):
     extra = [a.format(blocker=blocker) for a in extra]
     try:
@@ -202,7 +217,8 @@ def test_pretrain_bad_input(tmp_path, audio, blocker, capsys, extra, code, expec
 
 
 def test_pretrain_divergence_after_a_checkpoint_names_its_step(tmp_path, audio, capsys):
-    """Before: 'a last good checkpoint was kept' whether or not one existed. Now the step it holds is named."""
+    """Before: 'a last good checkpoint was kept' whether or not one existed. Now the step it holds is
+    named."""
     three = ["-n", "run", "-o", "ckpt_every=1", "-o", "max_steps=3"]  # the loss after a 1e30 update is NaN
     ok = _pretrain(tmp_path, audio, *three, "--stop-at-step", "1")
     assert run_pretrain.main(ok) == 0

@@ -1,8 +1,9 @@
-"""Caches shared by several processes and damaged on disk: the frozen-feature cache (``downstream.cache``) and the
-pretraining fbank cache (``pretrain.fbank_cache``), through ``common.files``.
+"""Caches shared by several processes and damaged on disk: the frozen-feature cache (``downstream.cache``)
+and the pretraining fbank cache (``pretrain.fbank_cache``), through ``common.files``.
 
-Concurrent builders run in spawned processes started at one barrier; damage is a few bytes flipped in the middle
-of a shard (the old check hashed only its first and last MiB, so the feature shard here is made larger than 2 MiB).
+Concurrent builders run in spawned processes started at one barrier; damage is a few bytes flipped in the
+middle of a shard (the old check hashed only its first and last MiB, so the feature shard here is made larger
+than 2 MiB).
 """
 from __future__ import annotations
 
@@ -20,17 +21,16 @@ import pytest
 import torch
 
 import upstream
+from common import files as cache_files
+from common.files import remove_stale_tmps
+from common.files import tmp_path as writer_tmp  # (pytest's tmp_path is a fixture)
 from downstream import cache as cache_mod
 from downstream.cache import FeatureCache, FeatureCacheError
 from downstream.tasks import get_task
-from tests.layouts import BUILDERS, write_tone
-from common import files as cache_files
-from pretrain import fbank_cache
-from common.files import remove_stale_tmps
-from common.files import tmp_path as writer_tmp  # (pytest's tmp_path is a fixture)
+from pretrain import DataError, fbank_cache
 from pretrain.fbank_cache import build_cache
+from tests.layouts import BUILDERS, write_tone
 from upstream.frontend import FbankConfig
-from pretrain.engine import DataError
 
 UP = "ssast_patch_mini"
 FE = FbankConfig(window_type="hanning", norm_mean=-4.27, norm_std=4.57)
@@ -70,11 +70,13 @@ def _probe_child(data_root: str, cache_dir: str, threads: int, barrier, results)
     results.put((os.getpid(), _features(ds), logs))
 
 
+@pytest.mark.slow
 def test_two_processes_building_one_shard_compute_it_once_and_agree(tmp_path):
     root = BUILDERS["folder"](tmp_path / "data")["root"]
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_probe_child, args=(str(root), str(tmp_path / "cache"), torch.get_num_threads(),
+    procs = [ctx.Process(target=_probe_child,
+                         args=(str(root), str(tmp_path / "cache"), torch.get_num_threads(),
                                                     barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
@@ -94,7 +96,8 @@ def test_two_processes_building_one_shard_compute_it_once_and_agree(tmp_path):
 
 
 def _long_test_split(root: Path) -> Path:
-    """Folder dataset whose test split holds 90 s of audio: a 2.5 MB ``hidden_states`` shard for the mini model."""
+    """Folder dataset whose test split holds 90 s of audio: a 2.5 MB ``hidden_states`` shard for the mini
+    model."""
     base = root / "folder_ds"
     for split, secs in (("train", 0.2), ("dev", 0.2), ("test", 15.0)):
         for c, cls in enumerate(("bird", "cat", "dog")):
@@ -107,7 +110,8 @@ def test_bytes_flipped_in_the_middle_of_a_shard_are_found_and_rebuilt(tmp_path, 
     data = get_task("folder").read(_long_test_split(tmp_path / "data"))
     up = _upstream(torch.get_num_threads())
     logs: list[str] = []
-    ds = _cache(tmp_path / "cache", up, logs.append).dataset(data, "test", up.sample_rate, train=False, seed=0)
+    ds = _cache(tmp_path / "cache", up, logs.append).dataset(data, "test", up.sample_rate, train=False,
+                                                             seed=0)
     shard = ds.shard.with_suffix(".f16")
     good = shard.read_bytes()
     assert len(good) > 2 * 2**20  # larger than the first + last MiB the old check read
@@ -117,14 +121,16 @@ def test_bytes_flipped_in_the_middle_of_a_shard_are_found_and_rebuilt(tmp_path, 
 
     with pytest.raises(FeatureCacheError, match=f"^feature cache: {shard} does not match its checksum "
                                                 r"\(damaged or changed\) \(not rebuilt: build=False\)$"):
-        _cache(tmp_path / "cache", up, logs.append).dataset(data, "test", up.sample_rate, False, 0, build=False)
+        _cache(tmp_path / "cache", up, logs.append).dataset(data, "test", up.sample_rate, False, 0,
+                                                            build=False)
 
     def read_only(lock, waiting=None):
         raise PermissionError(13, "Permission denied", str(lock))
 
     with monkeypatch.context() as m:  # a cache folder this user cannot write
         m.setattr(cache_mod, "locked", read_only)
-        with pytest.raises(FeatureCacheError, match=r"does not match its checksum .*, and it cannot be rebuilt "
+        with pytest.raises(FeatureCacheError,
+                           match=r"does not match its checksum .*, and it cannot be rebuilt "
                                                     r"there \(Permission denied: .*\.lock\); use a writable"):
             _cache(tmp_path / "cache", up, logs.append).dataset(data, "test", up.sample_rate, False, 0)
 
@@ -143,8 +149,10 @@ def test_a_shard_is_hashed_once_per_process_unless_it_changes(tmp_path, monkeypa
     cache = _cache(tmp_path / "cache", up, lambda _: None)
     ds = cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
     hashed = []
-    monkeypatch.setattr(cache_mod, "file_checksum", lambda p: hashed.append(p.name) or cache_files.file_checksum(p))
-    cache.dataset(data, "test", up.sample_rate, train=False, seed=0)  # the runner reopens dev at each evaluation
+    monkeypatch.setattr(cache_mod, "file_checksum",
+                        lambda p: hashed.append(p.name) or cache_files.file_checksum(p))
+    # the runner reopens dev at each evaluation
+    cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
     assert hashed == []  # this process wrote it: its checksum is known
     _cache(tmp_path / "cache", up, lambda _: None).dataset(data, "test", up.sample_rate, False, 0)
     assert sorted(hashed) == sorted([ds.shard.with_suffix(s).name for s in (".f16", ".offsets.npy")])
@@ -170,11 +178,13 @@ def _killed_child(data_root: str, cache_dir: str, threads: int, started) -> None
     _cache(Path(cache_dir), up, lambda _: None).dataset(data, "test", up.sample_rate, train=False, seed=0)
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_nothing_that_blocks_the_next(tmp_path):
     root = BUILDERS["folder"](tmp_path / "data")["root"]
     ctx = mp.get_context("spawn")
     started = ctx.Event()
-    child = ctx.Process(target=_killed_child, args=(str(root), str(tmp_path / "cache"), torch.get_num_threads(),
+    child = ctx.Process(target=_killed_child,
+                        args=(str(root), str(tmp_path / "cache"), torch.get_num_threads(),
                                                     started))
     child.start()
     assert started.wait(120)
@@ -184,7 +194,8 @@ def test_a_killed_build_leaves_nothing_that_blocks_the_next(tmp_path):
     assert f".{child.pid}." in orphan.name
     os.kill(child.pid, signal.SIGKILL)  # killed while holding the shard's lock
     child.join(30)
-    legacy_old, legacy_new = key_dir / "test-0-eval.f16.tmp", key_dir / "dev-0-eval.f16.tmp"  # older versions' names
+    # older versions' names
+    legacy_old, legacy_new = key_dir / "test-0-eval.f16.tmp", key_dir / "dev-0-eval.f16.tmp"
     legacy_old.write_bytes(b"x" * 1000)
     legacy_new.write_bytes(b"x")
     os.utime(legacy_old, (time.time() - 7200, time.time() - 7200))
@@ -193,10 +204,11 @@ def test_a_killed_build_leaves_nothing_that_blocks_the_next(tmp_path):
 
     logs: list[str] = []
     up = _upstream(torch.get_num_threads())
-    ds = _cache(tmp_path / "cache", up, logs.append).dataset(get_task("folder").read(root), "test", up.sample_rate,
-                                                             False, 0)
+    ds = _cache(tmp_path / "cache", up, logs.append).dataset(get_task("folder").read(root), "test",
+                                                             up.sample_rate, False, 0)
     assert not orphan.exists() and not legacy_old.exists() and legacy_new.exists() and live.exists()
-    assert any(m.startswith(f"removed 2 temporary file(s) left by interrupted writers in {key_dir}") for m in logs)
+    assert any(m.startswith(f"removed 2 temporary file(s) left by interrupted writers in {key_dir}")
+               for m in logs)
     assert FeatureCache.read_meta(ds.shard) is not None and len(_features(ds)) == 6
 
 
@@ -218,7 +230,8 @@ def test_only_errors_writing_the_cache_folder_count_as_a_read_only_cache(tmp_pat
     folder = tmp_path / "cache" / "key"
     assert cache_files.cannot_write(PermissionError(13, "Permission denied", str(folder / "x.lock")), folder)
     assert cache_files.cannot_write(PermissionError(13, "Permission denied", str(tmp_path)), folder)  # mkdir
-    assert cache_files.cannot_write(OSError(errno.EROFS, "Read-only file system", str(folder / "a.tmp")), folder)
+    assert cache_files.cannot_write(OSError(errno.EROFS, "Read-only file system", str(folder / "a.tmp")),
+                                    folder)
     assert not cache_files.cannot_write(PermissionError(13, "Permission denied", "/data/clip.wav"), folder)
     assert not cache_files.cannot_write(OSError(errno.ENOSPC, "No space left", str(folder / "a.tmp")), folder)
 
@@ -241,11 +254,13 @@ def _frames(root: Path, index: dict, path: str) -> np.ndarray:
     return np.load(root / f"shard-{e['shard']:05d}.npy")[e["offset"]:e["offset"] + e["frames"]]
 
 
+@pytest.mark.slow
 def test_two_fbank_writers_at_once_keep_each_others_files(clips, tmp_path):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     root = tmp_path / "cache"
-    procs = [ctx.Process(target=_fbank_child, args=(str(root), part, barrier)) for part in (clips[:3], clips[3:])]
+    procs = [ctx.Process(target=_fbank_child,
+                         args=(str(root), part, barrier)) for part in (clips[:3], clips[3:])]
     for p in procs:
         p.start()
     for p in procs:
@@ -281,8 +296,8 @@ def test_a_damaged_fbank_shard_is_recomputed_and_a_complete_cache_is_only_read(c
 
     with caplog.at_level(logging.WARNING):
         index = build_cache(root, clips, FE)
-    assert f"fbank cache shard {shard} does not match its checksum (damaged or changed): recomputing its 6 files" \
-        in caplog.text
+    assert (f"fbank cache shard {shard} does not match its checksum (damaged or changed): "
+            "recomputing its 6 files") in caplog.text
     assert not shard.exists() and sorted(index["shards"]) == ["shard-00001.npy"]  # a number is never reused
     for f in clips:
         np.testing.assert_array_equal(_frames(root, index, f), good[f])
@@ -292,7 +307,8 @@ def test_a_version_1_fbank_cache_is_upgraded(clips, tmp_path, caplog):
     root = tmp_path / "cache"
     build_cache(root, clips[:2], FE)
     index = json.loads((root / "index.json").read_text())
-    v1 = {k: index[k] for k in ("format", "frontend", "files")} | {"version": 1}  # no checksums, no next_shard
+    # no checksums, no next_shard
+    v1 = {k: index[k] for k in ("format", "frontend", "files")} | {"version": 1}
     (root / "index.json").write_text(json.dumps(v1))
     with caplog.at_level(logging.WARNING):
         index = build_cache(root, clips[:3], FE)

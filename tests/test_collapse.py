@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import run_downstream
-from benchmark import results
-from downstream import metrics, runner
+from downstream import engine, metrics, results
 from tests.layouts import BUILDERS
 
 
@@ -35,7 +34,8 @@ def test_multilabel_baseline_is_the_positive_rate():
     # class 0: 2 of 4 clips positive, class 1: 1 of 4, class 2: none (left out, as in the mAP)
     y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
     base = metrics.class_baselines([[0], [1]], y, num_classes=3, multilabel=True)
-    assert base["majority"] == base["chance"] == pytest.approx((0.5 + 0.25) / 2) and base["majority_class"] is None
+    assert base["majority"] == base["chance"] == pytest.approx((0.5 + 0.25) / 2)
+    assert base["majority_class"] is None
     # constant scores do score exactly that mAP
     assert metrics.mean_average_precision(np.zeros((4, 3)), y) == pytest.approx(base["chance"])
 
@@ -55,7 +55,8 @@ def test_per_class_accuracy_and_ap():
 def test_a_head_that_always_answers_one_class_is_flagged():
     targets = [0, 1, 2, 0, 1, 2]
     spread = metrics.prediction_spread(_always(0, 6, 3), targets)
-    assert spread == {"clips": 6, "distinct": 1, "top_class": 0, "top_share": 1.0, "target_share": pytest.approx(1 / 3)}
+    assert spread == {"clips": 6, "distinct": 1, "top_class": 0, "top_share": 1.0,
+                      "target_share": pytest.approx(1 / 3)}
     warning = metrics.collapse_warning(spread, ["bird", "cat", "dog"])
     assert "100.0% of the clips are predicted as class 'bird'" in warning and "1 distinct" in warning
     # 20 of 21 on one class (95.2%) is still a collapse; 19 of 20 (95%) is not
@@ -85,17 +86,19 @@ def test_evaluation_report_names_classes_and_keeps_json_clean():
 def test_run_records_baselines_and_warns_on_collapse(tmp_path, monkeypatch, capsys):
     """A whole frozen run whose head always answers class 0 ('bird')."""
     root = BUILDERS["folder"](tmp_path / "data")["root"]  # 3 classes x 2 clips per split
-    for gone in ("train/bird/bird_train_000.wav", "train/dog/dog_train_001.flac", "test/bird/bird_test_000.wav"):
+    for gone in ("train/bird/bird_train_000.wav", "train/dog/dog_train_001.flac",
+                 "test/bird/bird_test_000.wav"):
         (root / gone).unlink()  # train: bird 1, cat 2, dog 1 -> majority 'cat'; test: bird 1, cat 2, dog 2
-    predict = runner.predict
+    predict = engine.predict
 
     def always_bird(*args, **kwargs):
         logits, targets, uids = predict(*args, **kwargs)
         return torch.tensor(_always(0, len(logits), logits.shape[1]), dtype=torch.float32), targets, uids
 
-    monkeypatch.setattr(runner, "predict", always_bird)
+    monkeypatch.setattr(engine, "predict", always_bird)
     out = tmp_path / "results.jsonl"
-    assert run_downstream.main(["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root), "--expdir",
+    assert run_downstream.main(["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root),
+                                "--expdir",
                                 str(tmp_path / "exp"), "--results", str(out), "-n", "bird", "--no-cache",
                                 "--device", "cpu", "-o", "runner.total_steps=1", "-o", "runner.eval_step=1",
                                 "-o", "runner.batch_size=2"]) == 0

@@ -19,14 +19,15 @@ import torch
 from downstream import datasets
 from downstream.datasets import (
     KS1_CLASSES,
-    READERS,
     Clip,
     ClipDataset,
     DatasetLayoutError,
     class_balanced_weights,
     collate,
+    layout,
     speech_commands_hash_percentage,
 )
+from downstream.tasks import TASKS, get_task
 from tests.layouts import (
     BUILDERS,
     make_as20k,
@@ -40,6 +41,9 @@ from tests.layouts import (
     write_tone,
 )
 
+# corpus reader name -> reader, one per registered task (each task is named after its reader)
+READERS = {spec.reader.__name__: spec.reader for spec in TASKS.values()}
+
 
 def _labels(clips):
     return [c.label for c in clips]
@@ -49,14 +53,14 @@ def _labels(clips):
 # Every reader on its layout
 # ----------------------------------------------------------------------------------------------------------
 def test_builders_cover_the_registry():
-    assert set(BUILDERS) == set(READERS)
+    assert set(BUILDERS) == set(READERS) == set(TASKS)
 
 
 @pytest.mark.parametrize("name", sorted(READERS))
 def test_reader_loads_and_collates(tmp_path, name):
     task = READERS[name](**BUILDERS[name](tmp_path))
     assert task.name == name
-    assert task.selection_split in task.splits
+    assert get_task(name).selection_split in task.splits
     assert {"train", "test"} <= set(task.splits)
     for split, clips in task.splits.items():
         assert clips and all(c.split == split for c in clips)
@@ -81,7 +85,7 @@ def test_as20k_reads_json_datafiles(tmp_path):
     task = datasets.as20k(**kwargs)
     assert task.multilabel and task.num_classes == 527
     assert task.classes[1] == "Male speech, man speaking"  # quoted CSV field with a comma
-    assert set(task.splits) == {"train", "test"} and task.selection_split == "test"
+    assert set(task.splits) == {"train", "test"} and get_task("as20k").selection_split == "test"
     assert len(task.splits["train"]) == len(task.splits["test"]) == 4 * 2
     first = task.splits["train"][0]
     assert first.label == [0, 1]  # "/m/09x0r,/m/05zppz"
@@ -120,7 +124,7 @@ def test_esc50_fold_is_test(tmp_path, fold):
     root = make_esc50(tmp_path)["root"]
     task = datasets.esc50(root, fold)
     assert task.classes == ["dog", "rooster", "pig"]  # ordered by target
-    assert set(task.splits) == {"train", "test"} and task.selection_split == "test"
+    assert set(task.splits) == {"train", "test"} and get_task("esc50").selection_split == "test"
     assert len(task.splits["test"]) == 3 * 2 and len(task.splits["train"]) == 4 * 3 * 2
     assert {c.fold for c in task.splits["test"]} == {fold}
     assert fold not in {c.fold for c in task.splits["train"]}
@@ -313,7 +317,7 @@ def test_voxceleb1_missing_file_eager_and_lazy(tmp_path, monkeypatch):
     with pytest.raises(DatasetLayoutError, match=re.escape(str(missing))):
         datasets.voxceleb1(root)
     # Above the eager-check limit the reader trusts the split file and the loader names the file instead.
-    monkeypatch.setattr(datasets, "EAGER_CHECK_LIMIT", 5)
+    monkeypatch.setattr(layout, "EAGER_CHECK_LIMIT", 5)
     task = datasets.voxceleb1(root)
     with pytest.raises(DatasetLayoutError, match=re.escape(str(missing))):
         task.dataset("train", 16000)[0]
@@ -388,6 +392,24 @@ def test_folder_seeded_split(tmp_path):
     assert [c.uid for c in again.splits["test"]] == [c.uid for c in task.splits["test"]]
 
 
+def test_folder_lists_class_files_in_path_order_skipping_hidden_ones(tmp_path):
+    root = tmp_path / "ds"
+    for split in ("train", "dev", "test"):
+        for cls in ("a", "b"):
+            for rel in ("x.wav", "x/y.flac", "x-z.wav", ".hidden.wav", ".cache/c.wav", "notes.txt"):
+                path = root / split / cls / rel
+                if rel.endswith(".txt"):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("not audio")
+                else:
+                    write_tone(path)
+    task = datasets.folder(root)
+    # component by component: the folder "x" sorts before "x-z.wav" and "x.wav" (as strings, "x-z.wav" and
+    # "x.wav" would come first: '-' and '.' sort before '/'); the seeded split draw depends on this order
+    assert [c.uid for c in task.splits["train"]] == [f"train/{cls}/{rel}" for cls in ("a", "b")
+                                                     for rel in ("x/y.flac", "x-z.wav", "x.wav")]
+
+
 def test_folder_errors(tmp_path):
     root = make_folder(tmp_path)["root"]
     for p in (root / "dev").rglob("*.*"):
@@ -409,6 +431,12 @@ def test_manifest_csv_and_jsonl(tmp_path):
     path = make_manifest(tmp_path / "b", clips_per_class=10, fmt="jsonl", with_split=False)["path"]
     task = datasets.manifest(path, seed=1)
     assert {s: len(c) for s, c in task.splits.items()} == {"train": 24, "dev": 3, "test": 3}
+    # the draw: each of the 30 clips in one split; the same for the same seed, another for another seed
+    drawn = {s: [c.uid for c in clips] for s, clips in task.splits.items()}
+    assert len(set(sum(drawn.values(), []))) == 30
+    assert {s: [c.uid for c in clips] for s, clips in datasets.manifest(path, seed=1).splits.items()} == drawn
+    other = {s: [c.uid for c in clips] for s, clips in datasets.manifest(path, seed=2).splits.items()}
+    assert {s: len(u) for s, u in other.items()} == {"train": 24, "dev": 3, "test": 3} and other != drawn
 
 
 def test_manifest_multilabel_jsonl(tmp_path):
@@ -469,29 +497,39 @@ def test_clip_dataset_crops(tmp_path):
     assert full.shape == (4000,)
     raw, _ = sf.read(str(path), dtype="float32")
     assert full.numpy() == pytest.approx(raw[:4000])
-    ds = ClipDataset(clips, 16000, ["a"], train=False, seed=7)
-    assert torch.equal(ds[1][0], ds[1][0])
-    assert ds[2][0].shape == (16000,)
-    other_seed = ClipDataset(clips, 16000, ["a"], train=False, seed=8)
-    assert ds[1][0].shape == other_seed[1][0].shape == (4000,)
+    assert ClipDataset(clips, 16000, ["a"])[2][0].shape == (16000,)
+
+    # Outside training a random crop starts where default_rng([seed, index]) puts it (16000 - 4000 + 1
+    # positions), so every evaluation, in any process, scores the same audio; another seed moves it.
+    def window(seed: int) -> torch.Tensor:
+        start = int(np.random.default_rng([seed, 1]).integers(16000 - 4000 + 1))
+        return torch.from_numpy(raw[start : start + 4000])
+
+    assert not torch.equal(window(7), window(8))
+    for seed in (7, 8):
+        first = ClipDataset(clips, 16000, ["a"], train=False, seed=seed)[1][0]
+        again = ClipDataset(clips, 16000, ["a"], train=False, seed=seed)[1][0]  # a fresh dataset, same seed
+        assert torch.equal(first, window(seed)) and torch.equal(again, window(seed))
+    # In training the start is drawn from torch's global generator: it follows torch.manual_seed.
+    train = ClipDataset(clips, 16000, ["a"], train=True)
+    torch.manual_seed(0)
+    start = int(torch.randint(16000 - 4000 + 1, ()).item())
+    torch.manual_seed(0)
+    assert torch.equal(train[1][0], torch.from_numpy(raw[start : start + 4000]))
 
 
-@pytest.mark.parametrize("use_frontend", [True, False])
-def test_read_audio_paths_agree(tmp_path, monkeypatch, use_frontend):
-    """The shared ``upstream.frontend.load_audio`` and the soundfile + soxr fallback give the same audio."""
-    if use_frontend and datasets._frontend_load_audio is None:
-        pytest.skip("upstream.frontend.load_audio is not available")
-    if not use_frontend:
-        monkeypatch.setattr(datasets, "_frontend_load_audio", None)
+def test_read_audio_downmixes_then_resamples(tmp_path):
+    """Clips are read by ``upstream.frontend.load_audio``: channels averaged (sox "channels 1"), then soxr
+    HQ resampling."""
     path = tmp_path / "stereo.wav"
     left = sf.read(str(write_tone(tmp_path / "l.wav", 0.5, 44100, seed=1)), dtype="float32")[0]
     right = sf.read(str(write_tone(tmp_path / "r.wav", 0.5, 44100, seed=2)), dtype="float32")[0]
     sf.write(path, np.stack([left, right], axis=1), 44100, subtype="PCM_16")
     wav = datasets.read_audio(path, 16000)
     assert wav.dtype == torch.float32 and wav.shape == (8000,)
-    # Channels are averaged (sox "channels 1"), then resampled: compare with resampling the mean directly.
-    expected = soxr.resample((left + right) / 2, 44100, 16000, quality="HQ")
-    assert wav.numpy() == pytest.approx(expected, abs=1e-4)
+    stored = sf.read(str(path), dtype="float32")[0]  # the PCM_16 samples, as the decoder sees them
+    expected = soxr.resample(stored.mean(axis=1), 44100, 16000, quality="HQ")
+    assert wav.numpy() == pytest.approx(expected, abs=1e-6)
     (tmp_path / "garbage.wav").write_bytes(b"nope")
     with pytest.raises(ValueError, match=r"garbage\.wav"):
         datasets.read_audio(tmp_path / "garbage.wav", 16000)
@@ -502,15 +540,14 @@ def test_read_audio_paths_agree(tmp_path, monkeypatch, use_frontend):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(READERS))
 def test_every_task_is_scanned_and_prepared(tmp_path, name):
-    from downstream.tasks import get_task
-
     kw = BUILDERS[name](tmp_path)
     root = kw.get("path") or (kw["root"] if name == "folder" else tmp_path)
     spec = get_task(name)
     lines: list[str] = []
     data = spec.read(root, kw.get("fold"), log=lines.append)
     assert lines == []  # nothing skipped, so nothing to say
-    assert data.audio.num_skipped == 0 and data.audio.files == len({c.path for s in data.splits.values() for c in s})
+    assert data.audio.num_skipped == 0
+    assert data.audio.files == len({c.path for s in data.splits.values() for c in s})
     native = 44100 if name == "esc50" else 16000
     assert data.audio.sample_rates == {native: data.audio.files}
     for clips in data.splits.values():
@@ -522,6 +559,7 @@ def test_every_task_is_scanned_and_prepared(tmp_path, name):
     assert str(tmp_path) not in json.dumps(ident) and len(ident["files_sha256"]) == 16
     assert data.group_by_length == (name in ("folder", "manifest"))
     assert ident["split"] == {"source": "layout"}
+    assert data.selection_split == spec.selection_split in data.splits
 
 
 def test_folder_and_manifest_record_their_split_draw(tmp_path):
@@ -531,6 +569,7 @@ def test_folder_and_manifest_record_their_split_draw(tmp_path):
     assert {s: len(c) for s, c in task.splits.items()} == {"train": 18, "dev": 6, "test": 6}
     assert datasets.folder(make_folder(tmp_path / "b")["root"]).split_rule == {"source": "layout"}
     path = make_manifest(tmp_path / "c", clips_per_class=10, with_split=False)["path"]
-    assert datasets.manifest(path, seed=1).split_rule == {"source": "drawn", "seed": 1, "ratios": [0.8, 0.1, 0.1]}
+    drawn = {"source": "drawn", "seed": 1, "ratios": [0.8, 0.1, 0.1]}
+    assert datasets.manifest(path, seed=1).split_rule == drawn
     with pytest.raises(ValueError, match=r"split ratios must be 3 numbers .* got \(0.0, 0.5, 0.5\)"):
         datasets.folder(make_folder(tmp_path / "d", split_dirs=False)["root"], ratios=(0.0, 0.5, 0.5))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from benchmark import demo_data
+from benchmark import demo_audio, demo_data
 from benchmark.demo_data import SIZES, DemoSize, generate
 from downstream.datasets import esc50, speech_commands_hash_percentage, speech_commands_v2
 
@@ -150,8 +150,11 @@ def test_changed_seed_or_missing_file_regenerates(tmp_path):
     messages = []
     generate(root, seed=0, size=TINY, workers=1, log=messages.append)
     assert "generating" in messages[0] and len(list(root.glob("unlabeled/*.wav"))) == TINY.n_unlabeled
+    before = _sha1s(root)
     generate(root, seed=1, size=TINY, workers=1, log=_quiet)
     assert '"seed": 1' in (root / "demo.json").read_text()
+    after = _sha1s(root)  # another seed: another corpus of as many files, none of the old audio left
+    assert len(after) == len(before) and not set(after.values()) & set(before.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no .partial or .old left behind
 
 
@@ -164,7 +167,7 @@ def test_interrupted_generation_leaves_no_corpus(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C midway
         return np.zeros(100), 44100
 
-    monkeypatch.setattr(demo_data, "_esc_clip", failing_esc_clip)
+    monkeypatch.setattr(demo_audio, "_esc_clip", failing_esc_clip)
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "demo", seed=0, size=TINY, workers=1, log=_quiet)
     assert list(tmp_path.iterdir()) == []

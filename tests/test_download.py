@@ -16,8 +16,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class _Server:
-    """A tiny file server: ``/file`` honours ``Range``; ``drop_after`` cuts the first response short, ``no_range``
-    ignores ``Range`` (sends 200 with the whole file). Records each request's Range header."""
+    """A tiny file server: ``/file`` honours ``Range``; ``drop_after`` cuts the first response short,
+    ``no_range`` ignores ``Range`` (sends 200 with the whole file). Records each request's Range header."""
 
     def __init__(self):
         self.ranges: list[str | None] = []
@@ -62,7 +62,8 @@ class _Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.timeout = 5
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/file"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -150,7 +151,7 @@ def test_cli_downloads_a_table_entry_from_a_mirror(server, tmp_path, monkeypatch
     from benchmark.__main__ import main
 
     entry = dl.find("ssast_patch_400")
-    monkeypatch.setattr(dl, "OFFICIAL", (replace(entry, sha256=SHA, size_bytes=len(PAYLOAD)),))
+    monkeypatch.setattr(dl, "released", lambda: (replace(entry, sha256=SHA, size_bytes=len(PAYLOAD)),))
     monkeypatch.setenv("ASTBENCH_CHECKPOINTS", str(tmp_path))
     assert main(["download", "ssast_patch_400", "--url", server.url]) == 0
     assert (tmp_path / "SSAST-Base-Patch-400.pth").read_bytes() == PAYLOAD
@@ -164,9 +165,9 @@ def test_table_urls_are_the_published_ones_and_missing_checkpoint_errors_point_t
                                                                                              monkeypatch):
     import upstream
 
-    names = {e.name for e in dl.OFFICIAL}
+    names = {e.name for e in dl.released()}
     registered = set(upstream.list_upstreams())
-    for entry in dl.OFFICIAL:
+    for entry in dl.released():
         assert all(u.startswith("https://") for u in entry.urls), entry.name
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
     # every released upstream of the registry is downloadable under the file name it looks up
@@ -178,3 +179,19 @@ def test_table_urls_are_the_published_ones_and_missing_checkpoint_errors_point_t
     with pytest.raises(FileNotFoundError) as err:  # no release: no download to point to
         upstream.load("ssast_frame_100")
     assert "download" not in str(err.value)
+
+
+def test_the_table_is_every_family_s_releases():
+    """Each family declares its own releases (FamilySpec.releases): the table is their union, one row per
+    file, and a released upstream of a family is registered in that family."""
+    import upstream
+
+    table = dl.released()
+    assert table == tuple(e for f in upstream.families() for e in f.releases)
+    assert len({e.file for e in table}) == len(table) == 15  # 13 SSAST files, 2 MAE-AST, none for ASiT
+    assert upstream.get_family("asit").releases == ()
+    for family in upstream.families():
+        for entry in family.releases:
+            spec = upstream.family_of(entry.name)
+            assert spec is None or spec is family, entry.name  # the ablation rows load as ssast_patch_400
+

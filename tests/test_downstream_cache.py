@@ -11,8 +11,9 @@ import run_downstream
 import upstream
 from downstream import cache as cache_mod
 from downstream.cache import FeatureCache, FeatureCacheError, cache_key, collate_features
+from downstream.config import HeadConfig
 from downstream.datasets import collate
-from downstream.runner import DownstreamModel, HeadConfig
+from downstream.model import DownstreamModel
 from downstream.tasks import get_task
 from tests.layouts import BUILDERS
 from upstream.interface import Upstream
@@ -39,7 +40,8 @@ def _main(tmp_path, name, *extra):
     root = tmp_path / "data" / "folder_ds"
     if not root.exists():  # written once: rewriting the clips would (rightly) change their cache entries
         root = BUILDERS["folder"](tmp_path / "data")["root"]
-    return run_downstream.main(["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root), "--expdir",
+    return run_downstream.main(["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root),
+                                "--expdir",
                                 str(tmp_path / "exp"), "--results", str(tmp_path / "r.jsonl"), "-n", name,
                                 "--cache-dir", str(tmp_path / "cache"), *TINY, *extra])
 
@@ -81,7 +83,8 @@ def test_key_changes_with_weights_overrides_and_selection():
     assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0] != base
     up.checkpoint_sha256 = "a" * 64
     with_ckpt = cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0]
-    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 1)[0] == with_ckpt  # weights named by the file
+    # weights named by the file
+    assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 1)[0] == with_ckpt
     up.checkpoint_sha256 = "b" * 64
     assert cache_key(up, "ssast_patch_mini", {}, "hidden_states", 0)[0] != with_ckpt
 
@@ -110,7 +113,8 @@ def test_corrupt_or_partial_shard_is_rebuilt(tmp_path, calls, damage):
     again = cache.dataset(data, "test", up.sample_rate, train=False, seed=0)
     assert calls["clips"] == built and feats.read_bytes() == good
     assert torch.equal(again[0][0], ds[0][0])
-    with pytest.raises(FeatureCacheError, match=f"^feature cache: shard {ds.shard} is unreadable .*build=False\\)$"):
+    with pytest.raises(FeatureCacheError,
+                       match=f"^feature cache: shard {ds.shard} is unreadable .*build=False\\)$"):
         feats.unlink() or cache.dataset(data, "test", up.sample_rate, train=False, seed=0, build=False)
 
 
@@ -144,6 +148,6 @@ def test_a_damaged_shard_in_a_cache_that_cannot_be_written_is_one_cli_error(tmp_
     capsys.readouterr()
     assert _main(tmp_path, "second") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"error: feature cache: {shard} does not match its checksum (damaged or changed), and it "
-                       f"cannot be rebuilt there (Permission denied: {shard.with_suffix('.lock')}); use a writable "
-                       f"--cache-dir (or $ASTBENCH_CACHE)")
+    assert err[-1] == (f"error: feature cache: {shard} does not match its checksum (damaged or changed), and "
+                       f"it cannot be rebuilt there (Permission denied: {shard.with_suffix('.lock')}); use a "
+                       f"writable --cache-dir (or $ASTBENCH_CACHE)")

@@ -1,4 +1,5 @@
-"""Tests for upstream/frontend.py: kaldi fbank parity, batching, per-checkpoint pipelines, audio I/O.
+"""Tests for upstream/kaldi.py and upstream/frontend.py: kaldi fbank parity, batching, per-checkpoint
+pipelines, audio I/O.
 
 Parity is checked three ways: against ``torchaudio.compliance.kaldi.fbank`` outputs stored in
 ``fixtures/fbank``, against the official SSAST / MAE-AST / ASiT dataloader outputs in
@@ -18,9 +19,17 @@ import soundfile as sf
 import torch
 from conftest import fixture_path
 
-from upstream import frontend
-from upstream.frontend import (AudioError, Fbank, FbankConfig, kaldi_fbank, kaldi_fbank_batch, load_audio,
-                               num_frames, pad_waveforms, resample, validate_waveform)
+from upstream import kaldi
+from upstream.frontend import (
+    AudioError,
+    Fbank,
+    FbankConfig,
+    load_audio,
+    pad_waveforms,
+    resample,
+    validate_waveform,
+)
+from upstream.kaldi import kaldi_fbank, kaldi_fbank_batch, num_frames
 
 EPS = float(torch.finfo(torch.float32).eps)
 # fixtures/official/README.md "Tolerances", which hold on any x86-64 CPU (the FFT takes other code paths on
@@ -40,10 +49,10 @@ def assert_fbank_close(actual: torch.Tensor, expected: torch.Tensor, what: str) 
     where pre-emphasis leaves ~1e-3 of the energy) that shows as up to ~2e-3 in a handful of values: a
     float64 evaluation of the same formulas is itself up to 3e-3 away from the torchaudio reference
     there. Everywhere else agreement is ~1e-6, so the bulk is held to fixtures/fbank/README.md's 1e-3 and only
-    rare outliers may pass it. That README's "below 1e-3" does not hold for those few values across FFT builds:
-    this code, which reproduces torchaudio's kaldi.py bit for bit on the official fixtures, is up to 1.7e-3
-    away there from this file (made with a CUDA build of torch 2.11). The official-pipeline fixtures are held
-    to their README's plain atol instead.
+    rare outliers may pass it. That README's "below 1e-3" does not hold for those few values across FFT
+    builds: this code, which reproduces torchaudio's kaldi.py bit for bit on the official fixtures, is up to
+    1.7e-3 away there from this file (made with a CUDA build of torch 2.11). The official-pipeline fixtures
+    are held to their README's plain atol instead.
     """
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     diff = (actual.double() - expected.double()).abs()
@@ -210,10 +219,10 @@ def test_batch_matches_single_clips(snip_edges: bool, rng: torch.Generator) -> N
 def test_batch_reuses_cached_constants() -> None:
     waves = torch.randn(2, 4000) * 0.1
     kaldi_fbank_batch(waves, num_mel_bins=31, window_type="blackman")
-    banks, windows = frontend._mel_bank.cache_info(), frontend._feature_window.cache_info()
+    banks, windows = kaldi._mel_bank.cache_info(), kaldi._feature_window.cache_info()
     kaldi_fbank_batch(waves, num_mel_bins=31, window_type="blackman")
-    assert frontend._mel_bank.cache_info().hits == banks.hits + 1
-    assert frontend._feature_window.cache_info().hits == windows.hits + 1
+    assert kaldi._mel_bank.cache_info().hits == banks.hits + 1
+    assert kaldi._feature_window.cache_info().hits == windows.hits + 1
 
 
 @pytest.mark.parametrize("snip_edges", [True, False])
@@ -225,10 +234,10 @@ def test_blocked_passes_are_bit_identical_to_one_pass(snip_edges: bool, block_ro
     waves = torch.randn(len(lengths), 16000, generator=torch.Generator().manual_seed(1)) * 0.1
     opts = dict(num_mel_bins=40, use_energy=True, raw_energy=False, subtract_mean=True, snip_edges=snip_edges,
                 dither=0.5)
-    monkeypatch.setattr(frontend, "CPU_FBANK_BLOCK_BYTES", 2**40)
+    monkeypatch.setattr(kaldi, "CPU_FBANK_BLOCK_BYTES", 2**40)
     whole, counts = kaldi_fbank_batch(waves, lengths, generator=torch.Generator().manual_seed(2), **opts)
-    monkeypatch.setattr(frontend, "CPU_FBANK_BLOCK_BYTES", block_rows * 512 * 4)  # 512-point FFT, float32
-    assert frontend.fbank_chunk_frames(torch.device("cpu"), 512, torch.float32) == block_rows
+    monkeypatch.setattr(kaldi, "CPU_FBANK_BLOCK_BYTES", block_rows * 512 * 4)  # 512-point FFT, float32
+    assert kaldi.fbank_chunk_frames(torch.device("cpu"), 512, torch.float32) == block_rows
     blocked, counts2 = kaldi_fbank_batch(waves, lengths, generator=torch.Generator().manual_seed(2), **opts)
     assert torch.equal(counts, counts2) and blocked.shape == whole.shape == (6, int(counts.max()), 41)
     assert torch.equal(blocked, whole)  # dither included: the noise is drawn once for the whole batch
@@ -236,9 +245,9 @@ def test_blocked_passes_are_bit_identical_to_one_pass(snip_edges: bool, block_ro
 
 def test_block_size_by_device() -> None:
     # CPU: a 1 MiB FFT buffer (a 512-point float32 frame is 2 KiB); elsewhere one pass up to 1 GiB
-    assert frontend.fbank_chunk_frames(torch.device("cpu"), 512, torch.float32) == 512
-    assert frontend.fbank_chunk_frames(torch.device("cpu"), 1024, torch.float64) == 128
-    assert frontend.fbank_chunk_frames(torch.device("cuda"), 512, torch.float32) == 2**19
+    assert kaldi.fbank_chunk_frames(torch.device("cpu"), 512, torch.float32) == 512
+    assert kaldi.fbank_chunk_frames(torch.device("cpu"), 1024, torch.float64) == 128
+    assert kaldi.fbank_chunk_frames(torch.device("cuda"), 512, torch.float32) == 2**19
 
 
 def test_dither_is_random_but_seeded() -> None:
@@ -272,8 +281,8 @@ def test_tone_peaks_in_its_mel_bin() -> None:
 
 def test_windows_are_kaldis() -> None:
     cpu = torch.device("cpu")
-    hann = frontend._feature_window("hanning", 400, 0.42, cpu, torch.float64)
-    povey = frontend._feature_window("povey", 400, 0.42, cpu, torch.float64)
+    hann = kaldi._feature_window("hanning", 400, 0.42, cpu, torch.float64)
+    povey = kaldi._feature_window("povey", 400, 0.42, cpu, torch.float64)
     assert hann[0] == 0 and torch.allclose(hann, hann.flip(0))  # symmetric, denominator N-1
     torch.testing.assert_close(povey, hann.pow(0.85))
     torch.testing.assert_close(hann, torch.hann_window(400, periodic=False, dtype=torch.float64))
@@ -317,7 +326,8 @@ def test_mae_ast_pipeline_matches_official() -> None:
     ref = load("official", "maeast_patch_reference.pt")
     waves, lengths = pad_waveforms([w.float() for w in ref["wave_float32"]])
     feats, frames = Fbank(FbankConfig.mae_ast())(waves, lengths)
-    torch.testing.assert_close(feats, ref["fbank_padded"], atol=FBANK_ATOL, rtol=0)  # MAE-AST normalises in-model
+    # MAE-AST normalises in-model
+    torch.testing.assert_close(feats, ref["fbank_padded"], atol=FBANK_ATOL, rtol=0)
     for i, clip in enumerate(ref["fbank"]):
         torch.testing.assert_close(feats[i, : frames[i]], clip, atol=FBANK_ATOL, rtol=0)
     padding_mask = torch.arange(feats.shape[1]) >= frames[:, None]  # True = pad, as MAE-AST
@@ -330,7 +340,8 @@ def test_asit_pipeline_matches_official() -> None:
     waves, lengths = pad_waveforms([w.float() / 32768 for w in ref["wave_int16"]])
     config = FbankConfig.asit()
     feats, frames = Fbank(config)(waves, lengths)
-    torch.testing.assert_close(feats[:, None], ref["input"], atol=INPUT_ATOL, rtol=0)  # model takes (B, 1, T, F)
+    # model takes (B, 1, T, F)
+    torch.testing.assert_close(feats[:, None], ref["input"], atol=INPUT_ATOL, rtol=0)
     raw, _ = Fbank(dataclasses.replace(config, norm_mean=None, norm_std=None))(waves, lengths)
     torch.testing.assert_close(raw, ref["fbank_padded_unnormalised"], atol=FBANK_ATOL, rtol=0)
     assert frames.tolist() == [248, 592]

@@ -17,8 +17,9 @@ import upstream
 from astbench import hear
 from astbench.framing import frame_grid
 from astbench.xares import ASTBenchEncoder
-from benchmark import results
 from downstream import progress as progress_mod
+from downstream import results
+from downstream.job import s3prl_overrides
 from downstream.validate import errors, validate_upstream
 from tests.layouts import BUILDERS
 
@@ -53,7 +54,8 @@ def test_hear_api_contract(name, rate, hop_ms, first_ms):
         audio = _noise(2, int(secs * model.sample_rate))
         emb, ts = hear.get_timestamp_embeddings(audio, model)
         assert emb.dtype == torch.float32 and ts.dtype == torch.float32
-        assert emb.shape[:2] == ts.shape and emb.shape[0] == 2 and emb.shape[2] == model.timestamp_embedding_size
+        assert emb.shape[:2] == ts.shape and emb.shape[0] == 2
+        assert emb.shape[2] == model.timestamp_embedding_size
         assert torch.equal(ts[0], ts[1])
         steps = ts[0].diff()
         assert torch.allclose(steps, torch.full_like(steps, hop_ms))  # one grid: the validator allows 1 ms
@@ -82,9 +84,9 @@ def test_hear_batch_gives_what_each_clip_gives_alone(name):
 
 def test_hear_frame_counts_by_hand():
     torch.manual_seed(0)
-    # 1.07 s = 17120 samples. SSAST patch frame m exists from its first fbank frame (m*1600 + 400 <= 17120) and
-    # is kept while its centre m*1600 + 1400 <= 17120: m <= 9, 10 frames. MAE-AST has no zero-padded windows, so a
-    # patch needs all 16 fbank frames: m*2560 + 2800 <= 17120, m <= 5, 6 frames.
+    # 1.07 s = 17120 samples. SSAST patch frame m exists from its first fbank frame (m*1600 + 400 <= 17120)
+    # and is kept while its centre m*1600 + 1400 <= 17120: m <= 9, 10 frames. MAE-AST has no zero-padded
+    # windows, so a patch needs all 16 fbank frames: m*2560 + 2800 <= 17120, m <= 5, 6 frames.
     for name, want in (("ssast_patch_mini", 10), ("mae_ast_patch_mini", 6)):
         emb, _ = hear.get_timestamp_embeddings(_noise(1, 17120), hear.load_model(name))
         assert emb.shape[1] == want, name
@@ -103,7 +105,8 @@ def test_hear_ssast_windows_advance_by_the_columns_they_hold():
     torch.testing.assert_close(emb[0, :9], first[:9])
     torch.testing.assert_close(emb[0, 9:18], second[:9])
     assert ts[0, 9].item() == pytest.approx(987.5)
-    drifting = model.upstream([audio[0]])["last_hidden_state"][0]  # s3prl's layout: row 9 is window 2's column 0
+    # s3prl's layout: row 9 is window 2's column 0
+    drifting = model.upstream([audio[0]])["last_hidden_state"][0]
     torch.testing.assert_close(drifting[9], model.upstream([audio[0, 16000:]])["last_hidden_state"][0, 0])
 
 
@@ -222,7 +225,8 @@ class _FakeExpert(nn.Module):
 
 @pytest.fixture
 def fake_s3prl(monkeypatch):
-    """``s3prl.hub`` with one upstream, ``fake`` (what ``-u s3prl:fake`` finds); no skip when s3prl is absent."""
+    """``s3prl.hub`` with one upstream, ``fake`` (what ``-u s3prl:fake`` finds); no skip when s3prl is
+    absent."""
     calls = []
 
     def fake(ckpt=None, model_config=None, refresh=False):
@@ -310,13 +314,14 @@ def test_load_takes_s3prl_arguments(tmp_path):
 
 # ------------------------------------------------------------------------------------------ s3prl habits
 def test_s3prl_override_form():
-    assert run_downstream.s3prl_overrides(["config.optimizer.lr=1e-4,,config.runner.total_steps=10",
-                                           "runner.log_step=5", "a=b,,"]) == [
+    assert s3prl_overrides(["config.optimizer.lr=1e-4,,config.runner.total_steps=10",
+                            "runner.log_step=5", "a=b,,"]) == [
         "optimizer.lr=1e-4", "runner.total_steps=10", "runner.log_step=5", "a=b"]
 
 
 def _run_args(tmp_path, root, name, *extra):
-    return ["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root), "--expdir", str(tmp_path / "exp"),
+    return ["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root), "--expdir",
+            str(tmp_path / "exp"),
             "--results", str(tmp_path / "r.jsonl"), "-n", name, "--device", "cpu", "--no-cache", *extra]
 
 
@@ -342,12 +347,16 @@ def test_s3prl_habits_train_log_and_evaluate_a_checkpoint_file(tmp_path, capsys)
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
     # -e names the checkpoint itself (s3prl): its folder is the run
     results_file = str(tmp_path / "r2.jsonl")
-    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "last.ckpt"), "--results", results_file]) == 0
+    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "last.ckpt"), "--results",
+                                results_file]) == 0
     assert "(step 4, last.ckpt)" in capsys.readouterr().out
-    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "dev-best.ckpt"), "--results", results_file]) == 0
-    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "config.yaml"), "--results", results_file]) == 2
+    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "dev-best.ckpt"), "--results",
+                                results_file]) == 0
+    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "config.yaml"), "--results",
+                                results_file]) == 2
     assert "give a run folder or one of its checkpoints (.ckpt), not a .yaml file" in capsys.readouterr().err
-    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "nope.ckpt"), "--results", results_file]) == 2
+    assert run_downstream.main(["-m", "evaluate", "-e", str(run / "nope.ckpt"), "--results",
+                                results_file]) == 2
     assert "has no nope.ckpt" in capsys.readouterr().err
 
 
@@ -360,7 +369,8 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     assert not bar.disable and list(bar) == [0, 1, 2]
     assert progress_mod.progress(range(3), enabled=False).disable  # ranks other than 0
     live = progress_mod.progress(total=3)  # lines go above a live bar, not through it
-    assert progress_mod.printer(live) == live.write and progress_mod.printer(live, log=list.append) == list.append
+    assert progress_mod.printer(live) == live.write
+    assert progress_mod.printer(live, log=list.append) == list.append
     live.close()
     assert progress_mod.printer(live) is print
     monkeypatch.setenv("TQDM_DISABLE", "1")

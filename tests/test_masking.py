@@ -1,9 +1,10 @@
-"""Tests for upstream.masking: exact counts, seeding, structure, and no global RNG use."""
+"""Tests for upstream.masking and upstream.corruption: exact counts, seeding, structure, no global RNG use."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from upstream import corruption as C
 from upstream import masking as M
 
 
@@ -28,12 +29,12 @@ CALLS = {
     "ssast_mask": lambda g: M.ssast_mask(4, (8, 64), 400, generator=g),
     "chunk_mask": lambda g: M.chunk_mask(4, (8, 20), generator=g),
     "mae_random_mask": lambda g: M.mae_random_mask(4, 512, 0.75, generator=g),
-    "gmml_block_mask": lambda g: M.gmml_block_mask(2, 64, 32, generator=g),
-    "gmml_corrupt_noise": lambda g: M.gmml_corrupt(_CLIPS, _FULL, mode="noise", generator=g),
-    "gmml_corrupt_alien": lambda g: M.gmml_corrupt(_CLIPS, _FULL, mode="alien", generator=g),
-    "asit_corrupt": lambda g: M.asit_corrupt(torch.randn(4, 1, 64, 32, generator=gen(9)), generator=g)[0],
-    "gmml_block_mask_aligned": lambda g: M.gmml_block_mask(2, 64, 32, align=8, generator=g),
-    "asit_corrupt_aligned": lambda g: M.asit_corrupt(torch.randn(4, 1, 64, 32, generator=gen(9)), align=8,
+    "gmml_block_mask": lambda g: C.gmml_block_mask(2, 64, 32, generator=g),
+    "gmml_corrupt_noise": lambda g: C.gmml_corrupt(_CLIPS, _FULL, mode="noise", generator=g),
+    "gmml_corrupt_alien": lambda g: C.gmml_corrupt(_CLIPS, _FULL, mode="alien", generator=g),
+    "asit_corrupt": lambda g: C.asit_corrupt(torch.randn(4, 1, 64, 32, generator=gen(9)), generator=g)[0],
+    "gmml_block_mask_aligned": lambda g: C.gmml_block_mask(2, 64, 32, align=8, generator=g),
+    "asit_corrupt_aligned": lambda g: C.asit_corrupt(torch.randn(4, 1, 64, 32, generator=gen(9)), align=8,
                                                      generator=g)[0],
 }
 
@@ -142,7 +143,7 @@ def test_cluster_mask_time_major_squares():
 
 def test_gmml_coverage_bounds():
     height, width, frac = 592, 128, 0.3
-    mask = M.gmml_block_mask(6, height, width, 0.5, 0.7, frac, generator=gen())
+    mask = C.gmml_block_mask(6, height, width, 0.5, 0.7, frac, generator=gen())
     assert mask.shape == (6, height, width) and mask.dtype == torch.bool
     largest_block = (int(height * frac) - 1) * (int(width * frac) - 1)
     area = mask.sum((1, 2))
@@ -152,7 +153,7 @@ def test_gmml_coverage_bounds():
 
 def test_gmml_single_block_is_a_rectangle():
     # A tiny target is crossed by the first block: the mask is exactly one filled rectangle.
-    mask = M.gmml_block_mask(16, 64, 48, 1e-6, 1e-6, generator=gen())
+    mask = C.gmml_block_mask(16, 64, 48, 1e-6, 1e-6, generator=gen())
     for m in mask:  # 16 tiny masks; the loop is in the test only
         rows, cols = m.any(1).nonzero().squeeze(1), m.any(0).nonzero().squeeze(1)
         assert m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
@@ -165,19 +166,19 @@ def test_gmml_blocks_added_in_order_until_target():
     top = torch.tensor([[0, 0, 2, 0]])
     left = torch.tensor([[0, 0, 2, 2]])
     size = torch.full((1, 4), 2)
-    mask = M._blocks_until_coverage(top, left, size, size, 4, 4, torch.tensor([5.0]))
+    mask = C._blocks_until_coverage(top, left, size, size, 4, 4, torch.tensor([5.0]))
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[:2, :2] = expected[2:, 2:] = True
     assert torch.equal(mask[0], expected)
     # Unreachable target: the union of all candidates is returned (the documented cap).
-    mask = M._blocks_until_coverage(top, left, size, size, 4, 4, torch.tensor([16.0]))
+    mask = C._blocks_until_coverage(top, left, size, size, 4, 4, torch.tensor([16.0]))
     assert mask[0].sum() == 12
     # Many blocks: exercises several 48-block chunks of the first-cover computation.
     g = gen()
     k = 150
     top, left = torch.randint(0, 30, (2, k), generator=g), torch.randint(0, 30, (2, k), generator=g)
     size = torch.ones(2, k, dtype=torch.long)
-    mask = M._blocks_until_coverage(top, left, size, size, 32, 32, torch.tensor([1e9, 1e9]))
+    mask = C._blocks_until_coverage(top, left, size, size, 32, 32, torch.tensor([1e9, 1e9]))
     brute = torch.zeros(2, 32, 32, dtype=torch.bool)
     brute[torch.arange(2)[:, None], top, left] = True
     assert torch.equal(mask, brute)
@@ -191,7 +192,7 @@ def _patch_fraction(mask: torch.Tensor, p: int) -> torch.Tensor:
 
 def test_gmml_aligned_blocks_cover_whole_patches():
     height, width, frac, p = 592, 128, 0.3, 16
-    mask = M.gmml_block_mask(8, height, width, 0.5, 0.7, frac, align=p, generator=gen())
+    mask = C.gmml_block_mask(8, height, width, 0.5, 0.7, frac, align=p, generator=gen())
     per_patch = _patch_fraction(mask, p)
     assert ((per_patch == 0) | (per_patch == 1)).all()  # every patch fully corrupted or untouched
     # Largest aligned block: each side rounds int(0.3 * side) - 1 to a multiple of the patch.
@@ -200,7 +201,7 @@ def test_gmml_aligned_blocks_cover_whole_patches():
     assert (area >= 0.5 * height * width).all()
     assert (area < 0.7 * height * width + largest_block).all()
     # The free blocks of the default cut through patches.
-    free = _patch_fraction(M.gmml_block_mask(8, height, width, 0.5, 0.7, frac, generator=gen()), p)
+    free = _patch_fraction(C.gmml_block_mask(8, height, width, 0.5, 0.7, frac, generator=gen()), p)
     assert ((free > 0) & (free < 1)).any()
 
 
@@ -208,7 +209,7 @@ def test_gmml_aligned_blocks_follow_the_official_rounding():
     # One tiny target: the first block alone is the mask. Its corner sits on the grid and its sides are
     # nonzero multiples of the grid, or reach the image edge.
     for seed in range(20):  # 20 small draws; the loop is in the test only
-        m = M.gmml_block_mask(1, 50, 40, 1e-6, 1e-6, align=8, generator=gen(seed))[0]
+        m = C.gmml_block_mask(1, 50, 40, 1e-6, 1e-6, align=8, generator=gen(seed))[0]
         rows, cols = m.any(1).nonzero().squeeze(1), m.any(0).nonzero().squeeze(1)
         top, left = int(rows[0]), int(cols[0])
         h, w = int(rows[-1]) - top + 1, int(cols[-1]) - left + 1
@@ -220,7 +221,7 @@ def test_asit_corrupt_aligned_branches():
     batch, height, width, p = 8, 64, 48, 8
     x = 10.0 * torch.arange(batch).view(batch, 1, 1) + 1.0 + torch.rand(batch, height, width, generator=gen())
     for prob, (low, high) in [(0.0, (0.5, 0.7)), (1.0, (0.3, 0.3))]:
-        out, mask = M.asit_corrupt(x, replace_prob=prob, align=p, generator=gen(3))
+        out, mask = C.asit_corrupt(x, replace_prob=prob, align=p, generator=gen(3))
         per_patch = _patch_fraction(mask, p)
         assert ((per_patch == 0) | (per_patch == 1)).all()
         assert torch.equal(out[~mask], x[~mask]) and (out[mask] != x[mask]).all()
@@ -228,22 +229,22 @@ def test_asit_corrupt_aligned_branches():
         area = mask.sum((1, 2))
         assert ((area >= low * height * width) & (area < high * height * width + largest_block)).all()
     # align = 1 is the unaligned default, draw for draw.
-    default = M.asit_corrupt(x, generator=gen(5))[1]
-    assert torch.equal(M.asit_corrupt(x, align=1, generator=gen(5))[1], default)
+    default = C.asit_corrupt(x, generator=gen(5))[1]
+    assert torch.equal(C.asit_corrupt(x, align=1, generator=gen(5))[1], default)
 
 
 def test_gmml_cap_when_candidates_fall_short():
-    mask = M.gmml_block_mask(4, 100, 100, 0.9, 0.9, max_blocks=1, generator=gen())
+    mask = C.gmml_block_mask(4, 100, 100, 0.9, 0.9, max_blocks=1, generator=gen())
     assert (mask.sum((1, 2)) < 0.9 * 100 * 100).all()  # no error, one block each
 
 
 def test_gmml_corrupt_zeros_and_noise():
     x = torch.rand(3, 1, 20, 12, generator=gen()) + 1.0  # no zeros in the clean input
-    mask = M.gmml_block_mask(3, 20, 12, generator=gen(1))
-    zeros = M.gmml_corrupt(x, mask, "zeros")
+    mask = C.gmml_block_mask(3, 20, 12, generator=gen(1))
+    zeros = C.gmml_corrupt(x, mask, "zeros")
     assert (zeros[:, 0][mask] == 0).all()
     assert torch.equal(zeros[:, 0][~mask], x[:, 0][~mask])
-    noise = M.gmml_corrupt(x[:, 0], mask, "noise", generator=gen())  # (B, H, W) layout too
+    noise = C.gmml_corrupt(x[:, 0], mask, "noise", generator=gen())  # (B, H, W) layout too
     assert noise.shape == (3, 20, 12)
     assert torch.equal(noise[~mask], x[:, 0][~mask]) and (noise[mask] != x[:, 0][mask]).all()
 
@@ -252,9 +253,9 @@ def test_gmml_corrupt_alien_comes_from_another_clip():
     batch = 6
     # Clip b holds values in [10 b, 10 b + 1), so a value names the clip it came from.
     x = 10.0 * torch.arange(batch).view(batch, 1, 1, 1) + torch.rand(batch, 1, 16, 8, generator=gen())
-    mask = M.gmml_block_mask(batch, 16, 8, generator=gen(1))
+    mask = C.gmml_block_mask(batch, 16, 8, generator=gen(1))
     for seed in range(5):
-        out = M.gmml_corrupt(x, mask, "alien", generator=gen(seed))
+        out = C.gmml_corrupt(x, mask, "alien", generator=gen(seed))
         origin = (out[:, 0] // 10).long()  # (B, H, W)
         own = torch.arange(batch).view(batch, 1, 1).expand_as(origin)
         assert torch.equal(origin[~mask], own[~mask]) and torch.equal(out[:, 0][~mask], x[:, 0][~mask])
@@ -263,10 +264,10 @@ def test_gmml_corrupt_alien_comes_from_another_clip():
         for b in range(batch):
             src = origin[b][mask[b]].unique()
             assert src.numel() == 1 and torch.equal(out[b, 0][mask[b]], x[src.item(), 0][mask[b]])
-    explicit = M.gmml_corrupt(x, mask, "alien", alien_source=torch.tensor([1, 0, 3, 2, 5, 4]))
+    explicit = C.gmml_corrupt(x, mask, "alien", alien_source=torch.tensor([1, 0, 3, 2, 5, 4]))
     assert torch.equal(explicit[0, 0][mask[0]], x[1, 0][mask[0]])
     with pytest.raises(ValueError, match="at least 2 clips"):
-        M.gmml_corrupt(x[:1], mask[:1], "alien")
+        C.gmml_corrupt(x[:1], mask[:1], "alien")
 
 
 def test_asit_corrupt_branches():
@@ -277,23 +278,23 @@ def test_asit_corrupt_branches():
     area = height * width
     largest_block = (int(height * 0.3) - 1) * (int(width * 0.3) - 1)
 
-    zeros, mask = M.asit_corrupt(x, replace_prob=0.0, generator=gen())
+    zeros, mask = C.asit_corrupt(x, replace_prob=0.0, generator=gen())
     assert zeros.shape == x.shape and mask.shape == (batch, height, width)
     assert (zeros[:, 0][mask] == 0).all() and torch.equal(zeros[:, 0][~mask], x[:, 0][~mask])
     assert ((mask.sum((1, 2)) >= 0.5 * area) & (mask.sum((1, 2)) < 0.7 * area + largest_block)).all()
 
-    alien, mask = M.asit_corrupt(x, replace_prob=1.0, generator=gen())
+    alien, mask = C.asit_corrupt(x, replace_prob=1.0, generator=gen())
     assert ((mask.sum((1, 2)) >= 0.3 * area) & (mask.sum((1, 2)) < 0.3 * area + largest_block)).all()
     origin = (alien[:, 0] // 10).long()
     own = torch.arange(batch).view(batch, 1, 1).expand_as(origin)
     assert (origin[mask] != own[mask]).all() and torch.equal(alien[:, 0][~mask], x[:, 0][~mask])
 
-    mixed, mask = M.asit_corrupt(x, generator=gen(4))
+    mixed, mask = C.asit_corrupt(x, generator=gen(4))
     is_zero = (mixed[:, 0] == 0) & mask
     zero_rows = is_zero.flatten(1).any(1)
     assert 0 < int(zero_rows.sum()) < batch  # both branches occur at p = 0.5 for this seed
     # A single clip has no alien source: it is zero-filled.
-    single, mask = M.asit_corrupt(x[:1, 0], replace_prob=1.0, generator=gen())
+    single, mask = C.asit_corrupt(x[:1, 0], replace_prob=1.0, generator=gen())
     assert single.shape == (1, height, width) and (single[mask] == 0).all()
 
 
@@ -365,12 +366,12 @@ def test_device_argument():
     (lambda: M.cluster_mask(2, (8, 0), 0), r"\(8, 0\)"),
     (lambda: M.cluster_mask(2, (8, 64), 10, cluster_sizes=(0,)), r"\(0,\)"),
     (lambda: M.chunk_mask(2, (8, 64), mask_ratio=1.5), "mask_ratio must be in \\[0, 1\\], got 1.5"),
-    (lambda: M.gmml_block_mask(2, 10, 10, 0.7, 0.5), "0.7 > 0.5"),
-    (lambda: M.gmml_corrupt(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), "blur"), "'blur'"),
-    (lambda: M.gmml_corrupt(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5, dtype=torch.bool)), r"\(2, 4, 5\)"),
-    (lambda: M.asit_corrupt(torch.zeros(2, 3, 4, 4)), r"\(2, 3, 4, 4\)"),
-    (lambda: M.gmml_block_mask(2, 10, 10, align=0), "align must be a positive integer, got 0"),
-    (lambda: M.asit_corrupt(torch.zeros(2, 4, 4), align=2.5), "got 2.5"),
+    (lambda: C.gmml_block_mask(2, 10, 10, 0.7, 0.5), "0.7 > 0.5"),
+    (lambda: C.gmml_corrupt(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), "blur"), "'blur'"),
+    (lambda: C.gmml_corrupt(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5, dtype=torch.bool)), r"\(2, 4, 5\)"),
+    (lambda: C.asit_corrupt(torch.zeros(2, 3, 4, 4)), r"\(2, 3, 4, 4\)"),
+    (lambda: C.gmml_block_mask(2, 10, 10, align=0), "align must be a positive integer, got 0"),
+    (lambda: C.asit_corrupt(torch.zeros(2, 4, 4), align=2.5), "got 2.5"),
 ])
 def test_errors_name_the_bad_value(call, message):
     with pytest.raises(ValueError, match=message):

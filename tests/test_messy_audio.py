@@ -1,9 +1,10 @@
-"""Real recordings are messy: unusable files, very long clips among short ones, other sample rates, odd labels.
+"""Real recordings are messy: unusable files, very long clips among short ones, other sample rates, odd
+labels.
 
 The dataset is ``tests.layouts.make_messy_folder``: 8 kHz clips of 0.2-0.4 s, a few of 4-6 s, and one file of
 each unusable kind (``BAD_AUDIO``). Every case must end in a documented behaviour, never a traceback or a
-silently wrong number: unusable files are skipped and counted (or refused with ``--strict-audio``), cost follows
-each clip's own length, and records say which data they scored.
+silently wrong number: unusable files are skipped and counted (or refused with ``--strict-audio``), cost
+follows each clip's own length, and records say which data they scored.
 """
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ import pytest
 import soundfile as sf
 
 import run_downstream
-from benchmark import results
-from downstream.batching import LengthGroupedSampler, length_batches, padded_secs
-from downstream.datasets import Clip, DataConfig, DatasetLayoutError, TaskData, check_labels, folder, scan_task
 from common.distributed import DistContext, StepBatchSampler
-from downstream.runner import RunnerConfig, build_loader, train_loader
+from downstream import results
+from downstream.batching import LengthGroupedSampler, length_batches, padded_secs
+from downstream.config import RunnerConfig
+from downstream.datasets import (
+    Clip,
+    DataConfig,
+    DatasetLayoutError,
+    TaskData,
+    check_labels,
+    folder,
+    scan_task,
+)
+from downstream.engine import build_loader, train_loader
 from downstream.tasks import data_overrides, get_task
 from tests.layouts import BAD_AUDIO, make_folder, make_messy_folder, write_bad_audio, write_tone
 from upstream.frontend import AudioError, load_audio, probe_audio
@@ -42,7 +52,7 @@ def _read(root, **cfg):
     return data, lines
 
 
-# ------------------------------------------------------------------------------------------ one file at a time
+# ---------------------------------------------------------------------------------- one file at a time
 @pytest.mark.parametrize("kind", sorted(BAD_AUDIO))
 def test_every_bad_kind_gets_its_reason_from_header_and_decoder(tmp_path, kind):
     """The header scan and the decoder agree on what is wrong, and both name the file."""
@@ -79,7 +89,8 @@ def test_scan_skips_and_counts_unusable_files_in_one_line(tmp_path):
     data, lines = _read(kw["root"])
     assert data.audio.skipped == MESSY_SKIPPED and data.audio.files == 40
     assert len(lines) == 1
-    assert lines[0].startswith("folder: skipped 7 of 40 files: 2 empty, 2 non-finite, 1 text, 2 unreadable; first: ")
+    assert lines[0].startswith("folder: skipped 7 of 40 files: 2 empty, 2 non-finite, 1 text, 2 unreadable; "
+                               "first: ")
     # listing order is train before dev/test, classes and files sorted: train/no/bad_random.wav comes first
     assert f"first: {kw['bad']['random']} (unreadable: " in lines[0]
     used = {c.path for clips in data.splits.values() for c in clips}
@@ -96,7 +107,8 @@ def test_scan_skips_and_counts_unusable_files_in_one_line(tmp_path):
 
 def test_strict_audio_refuses_naming_the_first_bad_file(tmp_path):
     kw = make_messy_folder(tmp_path)
-    with pytest.raises(DatasetLayoutError, match=r"bad_random\.wav cannot be used \(unreadable: .*\(6 more unusable"):
+    with pytest.raises(DatasetLayoutError,
+                       match=r"bad_random\.wav cannot be used \(unreadable: .*\(6 more unusable"):
         _read(kw["root"], on_bad_audio="error")
     clean = make_folder(tmp_path / "clean")["root"]
     data, lines = _read(clean, on_bad_audio="error")  # nothing to refuse: nothing logged
@@ -108,7 +120,8 @@ def test_a_listed_file_that_does_not_exist_is_always_an_error(tmp_path):
     task = folder(make_messy_folder(tmp_path)["root"])
     gone = task.splits["test"][0]
     gone.path.unlink()
-    with pytest.raises(DatasetLayoutError, match=f"audio file '{gone.path}' \\(test clip {gone.uid}\\) does not exist"):
+    with pytest.raises(DatasetLayoutError,
+                       match=f"audio file '{gone.path}' \\(test clip {gone.uid}\\) does not exist"):
         scan_task(task, "skip")
 
 
@@ -127,8 +140,8 @@ def test_resampling_is_reported_once_per_dataset(tmp_path, capsys):
     data, _ = _read(kw["root"])
     assert data.resampling_note(8000) is None  # nothing to resample
     note = data.resampling_note(32000)
-    assert note == ("folder: resampling 33 of 33 files (33 at 8000 Hz) to the upstream's 32000 Hz; above 4000 Hz "
-                    "(the files' Nyquist frequency) the features see no signal")
+    assert note == ("folder: resampling 33 of 33 files (33 at 8000 Hz) to the upstream's 32000 Hz; "
+                    "above 4000 Hz (the files' Nyquist frequency) the features see no signal")
     rc = RunnerConfig(batch_size=4, eval_batch_size=8, total_steps=2)
     for _ in range(2):
         build_loader(data, get_task("folder"), "dev", 16000, rc, 0)
@@ -158,7 +171,8 @@ def test_single_class_and_test_only_class_are_refused(tmp_path):
         _read(root)
     root = make_folder(tmp_path / "only_test")["root"]
     write_tone(root / "test" / "frog" / "frog_0.wav")
-    with pytest.raises(DatasetLayoutError, match=r"class\(es\) 'frog' appear in the test split but never in train"):
+    with pytest.raises(DatasetLayoutError,
+                       match=r"class\(es\) 'frog' appear in the test split but never in train"):
         _read(root)
 
 
@@ -166,7 +180,8 @@ def test_a_class_lost_to_skipped_files_is_named(tmp_path):
     root = make_folder(tmp_path)["root"]
     for path in (root / "train" / "dog").iterdir():
         write_bad_audio(path, "empty")
-    with pytest.raises(DatasetLayoutError, match=r"'dog' appear in the dev split .*\(2 unusable files were skipped\)"):
+    with pytest.raises(DatasetLayoutError,
+                       match=r"'dog' appear in the dev split .*\(2 unusable files were skipped\)"):
         _read(root)
 
 
@@ -232,7 +247,8 @@ def test_eval_batches_cost_follows_each_clips_length():
     assert all(len(b) <= 32 and (len(b) == 1 or len(b) * max(secs[b]) <= budget) for b in batches)
     after = padded_secs(batches, secs)
     rng = np.random.default_rng(1)
-    before = padded_secs(np.array_split(rng.permutation(len(secs)), len(secs) // 32), secs)  # fixed 32, any order
+    # fixed batches of 32, in any order
+    before = padded_secs(np.array_split(rng.permutation(len(secs)), len(secs) // 32), secs)
     assert after <= 1.05 * secs.sum() < before / 4, (after, secs.sum(), before)
     assert length_batches([None, 1.0, 2.0], [0, 1, 2], 2) == [[0, 1], [2]]  # unknown lengths: plain chunks
 
@@ -253,7 +269,8 @@ def test_length_grouped_training_batches():
     assert list(LengthGroupedSampler(secs, batch, seed=5, start=13, stop=40, window=20)) == g[13:]
     assert list(LengthGroupedSampler(secs, batch, seed=6, start=0, stop=40, window=20)) != g
     # two ranks take the two halves of each global batch
-    halves = [list(LengthGroupedSampler(secs, batch, 5, 0, 40, rank=r, world_size=2, window=20)) for r in (0, 1)]
+    halves = [list(LengthGroupedSampler(secs, batch, 5, 0, 40, rank=r, world_size=2, window=20))
+              for r in (0, 1)]
     assert [a + b for a, b in zip(*halves)] == g
     # window 1: StepBatchSampler's batches, each sorted
     one = list(LengthGroupedSampler(secs, batch, seed=5, start=0, stop=40, window=1))
@@ -271,7 +288,7 @@ def test_train_loader_groups_by_length_only_where_the_task_says(tmp_path):
         is StepBatchSampler
 
 
-# ------------------------------------------------------------------------------------------ the CLI, end to end
+# --------------------------------------------------------------------------------- the CLI, end to end
 def _cli(tmp_path, root, *extra):
     out = tmp_path / "results.jsonl"
     rc = run_downstream.main(["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(root), "--expdir",
@@ -290,7 +307,8 @@ def test_messy_folder_runs_to_the_end_and_records_what_it_skipped(tmp_path, caps
     assert {r.split for r in recs} == {"test", "dev"}
     for r in recs:
         assert r.dataset["skipped"] == MESSY_SKIPPED and r.dataset["native_sample_rates"] == {"8000": 33}
-        assert r.dataset["clips"] == {"train": 16, "dev": 4, "test": 13} and r.dataset["cropped_train_clips"] == 4
+        assert r.dataset["clips"] == {"train": 16, "dev": 4, "test": 13}
+        assert r.dataset["cropped_train_clips"] == 4
         assert r.config["data"]["max_train_secs"] == 1.0
     rc, _ = _cli(tmp_path, kw["root"], *mode, "--strict-audio", "-n", "strict")
     assert rc == 2 and "bad_random.wav" in capsys.readouterr().err
@@ -301,7 +319,8 @@ def test_cli_single_class_and_test_only_class(tmp_path, capsys):
     write_tone(root / "test" / "frog" / "frog_0.wav")
     rc, recs = _cli(tmp_path, root)
     err = capsys.readouterr().err
-    assert rc == 2 and not recs and "error: folder: class(es) 'frog' appear in the test split but never" in err
+    assert rc == 2 and not recs
+    assert "error: folder: class(es) 'frog' appear in the test split but never" in err
 
 
 def test_split_seed_and_ratios_on_the_cli(tmp_path, capsys):
@@ -316,7 +335,8 @@ def test_split_seed_and_ratios_on_the_cli(tmp_path, capsys):
     seeded = recs[-1].dataset
     assert seeded["split"] == {"source": "drawn", "seed": 4, "ratios": [0.6, 0.2, 0.2]}
     assert seeded["clips"] == {"train": 18, "dev": 6, "test": 6}
-    assert seeded["splits_sha256"] != default["splits_sha256"] and seeded["files_sha256"] == default["files_sha256"]
+    assert seeded["splits_sha256"] != default["splits_sha256"]
+    assert seeded["files_sha256"] == default["files_sha256"]
     assert recs[-1].config["data"]["split_seed"] == 4
     capsys.readouterr()
     assert _cli(tmp_path, root, "--split-ratios", "0.5,0.5,0.5")[0] == 2
@@ -328,8 +348,8 @@ def test_split_seed_and_ratios_on_the_cli(tmp_path, capsys):
 
 def test_data_overrides_map_flags_to_config_keys():
     assert data_overrides() == []
-    assert data_overrides(3, "0.7,0.2,0.1", True) == ["data.split_seed=3", "data.split_ratios=[0.7, 0.2, 0.1]",
-                                                     "data.on_bad_audio=error"]
+    assert data_overrides(3, "0.7,0.2,0.1", True) == [
+        "data.split_seed=3", "data.split_ratios=[0.7, 0.2, 0.1]", "data.on_bad_audio=error"]
     with pytest.raises(ValueError, match="--split-ratios 'a,b,c': expected numbers"):
         data_overrides(split_ratios="a,b,c")
     with pytest.raises(ValueError, match="group_window must be >= 1"):
@@ -341,11 +361,11 @@ def test_data_overrides_map_flags_to_config_keys():
 def test_nan_the_scan_cannot_see_stops_the_run_with_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
     """Where NaN appears only when decoding (here: the scan's float check turned off), the loader's AudioError
     ends the run with one ``error:`` line naming the file, never a NaN score or a traceback."""
-    from downstream import datasets
+    from downstream.datasets import scanning
 
     kw = make_folder(tmp_path / "d")
     spoilt = write_bad_audio(kw["root"] / "test" / "cat" / "late_nan.wav", "nan")
-    monkeypatch.setattr(datasets, "probe_audio", lambda path: probe_audio(path, check_finite=False))
+    monkeypatch.setattr(scanning, "probe_audio", lambda path: probe_audio(path, check_finite=False))
     rc, recs = _cli(tmp_path, kw["root"], "-f")
     err = capsys.readouterr().err
     assert rc == 2 and not [r for r in recs if r.split == "test"]
@@ -356,5 +376,5 @@ def test_nan_the_scan_cannot_see_stops_the_run_with_one_line_naming_the_file(tmp
 def test_split_settings_on_a_layout_with_splits_are_reported_unused(tmp_path):
     data, lines = _read(make_folder(tmp_path)["root"], split_seed=3)
     assert data.split_rule == {"source": "layout"}
-    assert lines == ["folder: the layout gives the train/dev/test splits; data.split_seed / data.split_ratios are "
-                     "not used"]
+    assert lines == ["folder: the layout gives the train/dev/test splits; "
+                     "data.split_seed / data.split_ratios are not used"]

@@ -12,7 +12,7 @@ from downstream.metrics import (
     accuracy,
     average_precision,
     d_prime,
-    esc50_select_epoch,
+    fold_average_select_epoch,
     fold_mean_std,
     mean_auc,
     mean_average_precision,
@@ -155,18 +155,18 @@ def test_fold_mean_std_uses_sample_std():
         fold_mean_std([])
 
 
-def test_esc50_select_epoch_uses_fold_averaged_curve():
+def test_fold_average_select_epoch_uses_fold_averaged_curve():
     curves = [
         [0.50, 0.70, 0.80, 0.75],  # fold 1: its own best is epoch index 2
         [0.60, 0.90, 0.70, 0.80],  # fold 2: its own best is epoch index 1
     ]
     # fold mean per epoch: [0.55, 0.80, 0.75, 0.775] -> epoch index 1, mean 0.80 (per-fold bests would
     # report the optimistic (0.80 + 0.90) / 2 = 0.85).
-    epoch, acc = esc50_select_epoch(curves)
+    epoch, acc = fold_average_select_epoch(curves)
     assert epoch == 1 and acc == pytest.approx(0.80)
     # Ties go to the first epoch, as np.argmax.
-    assert esc50_select_epoch([[0.5, 0.6, 0.6]]) == (1, pytest.approx(0.6))
+    assert fold_average_select_epoch([[0.5, 0.6, 0.6]]) == (1, pytest.approx(0.6))
     with pytest.raises(ValueError, match="NaN"):
-        esc50_select_epoch([[0.5, float("nan")]])
+        fold_average_select_epoch([[0.5, float("nan")]])
     with pytest.raises(ValueError, match="shape"):
-        esc50_select_epoch([0.5, 0.6])
+        fold_average_select_epoch([0.5, 0.6])

@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
-from upstream import asit, mae_ast, ssast
-from upstream.masking import asit_corrupt
+from upstream import asit
+from upstream.corruption import asit_corrupt
 from upstream.objective import info_nce
+from upstream.registry import get_family
+
+
+def build_objective(cfg: dict):
+    """The objective of ``cfg['family']``, as pretraining builds it (``FamilySpec.build_objective``)."""
+    return get_family(cfg["family"]).build_objective(cfg)
 
 
 def _structured_fbank(B: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -29,15 +35,16 @@ def test_info_nce_matches_hand_computation():
     loss, acc = info_nce(pred, target, over="predictions")
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert acc.item() == 1.0
-    loss, acc = info_nce(pred.flip(1), target, over="predictions")  # each prediction now matches the other patch
+    # each prediction now matches the other patch
+    loss, acc = info_nce(pred.flip(1), target, over="predictions")
     assert acc.item() == 0.0
     with pytest.raises(ValueError, match="over must be"):
         info_nce(pred, target, over="rows")
 
 
 def test_info_nce_directions_differ_as_the_two_papers_write_them():
-    """SSAST normalises each target's row over the predictions, MAE-AST each prediction's row over the targets:
-    the same scores, transposed."""
+    """SSAST normalises each target's row over the predictions, MAE-AST each prediction's row over the
+    targets: the same scores, transposed."""
     target = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
     pred = torch.tensor([[[3.0, 0.0], [0.0, 1.0]]])
     s = target[0] @ pred[0].T  # s[r, c] = target_r . pred_c = [[3, 0], [3, 1]]
@@ -59,9 +66,10 @@ def test_ssast_accuracy_takes_the_argmax_of_the_row_softmaxed_matrix():
 
 
 @pytest.mark.parametrize("objective,keys", [("joint", {"nce", "masked_acc", "mse"}),
-                                            ("discriminative", {"nce", "masked_acc"}), ("generative", {"mse"})])
+                                            ("discriminative", {"nce", "masked_acc"}),
+                                            ("generative", {"mse"})])
 def test_ssast_objective_terms(objective, keys):
-    o = ssast.build_objective(dict(family="ssast", token="patch", size="mini", mask_patch=30, input_tdim=128,
+    o = build_objective(dict(family="ssast", token="patch", size="mini", mask_patch=30, target_length=128,
                                    objective=objective))
     loss, logs = o(torch.randn(2, 128, 128), None, torch.Generator().manual_seed(0))
     assert set(logs) == keys and torch.isfinite(loss)
@@ -69,7 +77,8 @@ def test_ssast_objective_terms(objective, keys):
 
 @pytest.mark.parametrize("mask_patch", [10, 40, 63])
 def test_ssast_masks_exactly_mask_patch_tokens(mask_patch):
-    o = ssast.build_objective(dict(family="ssast", token="patch", size="mini", mask_patch=mask_patch, input_tdim=128))
+    o = build_objective(dict(family="ssast", token="patch", size="mini", mask_patch=mask_patch,
+                             target_length=128))
     x = torch.randn(3, 128, 128)
     tokens = o.encoder.tokenize(x)
     mask = o.draw_mask(3, torch.Generator().manual_seed(1), x.device)
@@ -80,18 +89,18 @@ def test_ssast_masks_exactly_mask_patch_tokens(mask_patch):
 
 def test_ssast_rejects_bad_knobs():
     with pytest.raises(ValueError, match="mask_patch=999"):
-        ssast.build_objective(dict(family="ssast", size="mini", mask_patch=999, input_tdim=128))
+        build_objective(dict(family="ssast", size="mini", mask_patch=999, target_length=128))
     with pytest.raises(ValueError, match="unknown ssast objective key 'mask_patches'.*mask_patch"):
-        ssast.build_objective(dict(family="ssast", size="mini", mask_patches=10))
+        build_objective(dict(family="ssast", size="mini", mask_patches=10))
 
 
 def test_ssast_frame_tokens_shape():
-    o = ssast.build_objective(dict(family="ssast", token="frame", size="mini", mask_patch=20, input_tdim=128))
+    o = build_objective(dict(family="ssast", token="frame", size="mini", mask_patch=20, target_length=128))
     assert o.encoder.cfg.grid == (1, 64) and o.encoder.patch_embed.proj.weight.shape[2:] == (2, 128)
 
 
 def test_mae_ast_encoder_sees_only_visible_tokens():
-    o = mae_ast.build_objective(dict(family="mae_ast", token="patch", size="mini", mask_ratio=0.75))
+    o = build_objective(dict(family="mae_ast", token="patch", size="mini", mask_ratio=0.75))
     seen = []
     o.encoder.blocks[0].register_forward_hook(lambda m, i, out: seen.append(i[0].shape[1]))
     dec = []
@@ -99,16 +108,18 @@ def test_mae_ast_encoder_sees_only_visible_tokens():
     loss, logs = o(torch.randn(2, 128, 128), None, torch.Generator().manual_seed(0))
     assert seen == [64 - 48] and dec == [64]  # 8x8 patches, 75 % masked: encoder 16, decoder all 64
     assert set(logs) == {"recon", "nce", "masked_acc"}
-    gen = mae_ast.build_objective(dict(family="mae_ast", token="frame", size="mini", mask_type="random",
+    gen = build_objective(dict(family="mae_ast", token="frame", size="mini", mask_type="random",
                                        objective="generative"))
     assert set(gen(torch.randn(2, 128, 128), None)[1]) == {"recon"}
     assert gen.final_proj_classification is None
 
 
-@pytest.mark.parametrize("flags,keys", [({}, {"cls", "data", "recon"}), ({"use_cls": False}, {"data", "recon"}),
+@pytest.mark.parametrize("flags,keys",
+                         [({}, {"cls", "data", "recon"}), ({"use_cls": False}, {"data", "recon"}),
                                         ({"use_data": False, "use_recon": False}, {"cls"})])
 def test_asit_components_switch_losses(flags, keys):
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16, **flags))
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
+                             **flags))
     loss, logs = o(torch.randn(2, 2, 96, 128), None, torch.Generator().manual_seed(0))
     assert set(logs) - {"teacher_temp"} == keys and torch.isfinite(loss)
 
@@ -131,7 +142,7 @@ def _asit_student_input(o, x: torch.Tensor, seed: int = 0):
                                         ({"use_data": False, "use_recon": False}, {"cls"}),
                                         ({}, {"cls", "data", "recon"})])
 def test_asit_without_corruption_student_sees_the_clean_views(flags, keys):
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   corrupt=False, drop_path=0.0, **flags))  # recon is recomputed below
     x = torch.randn(2, 2, 96, 128)
     loss, logs, student_in = _asit_student_input(o, x)
@@ -151,7 +162,7 @@ def test_asit_without_corruption_student_sees_the_clean_views(flags, keys):
 
 @pytest.mark.parametrize("aligned", [False, True])
 def test_asit_aligned_blocks_corrupt_whole_patches(aligned):
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   aligned_blocks=aligned))
     x = torch.randn(4, 2, 96, 128) + 5.0  # no bin is 0, so a zero-filled bin is a changed bin
     loss, _, student_in = _asit_student_input(o, x)
@@ -159,11 +170,12 @@ def test_asit_aligned_blocks_corrupt_whole_patches(aligned):
     changed = (student_in != x.flatten(0, 1)).view(8, 6, 16, 8, 16).float().mean((2, 4))  # (BV, n_t, n_f)
     assert (changed > 0).any()
     whole = ((changed == 0) | (changed == 1)).all()
-    assert bool(whole) == aligned  # aligned: each 16 x 16 patch all changed or untouched; free blocks cut patches
+    # aligned: each 16 x 16 patch all changed or untouched; free blocks cut patches
+    assert bool(whole) == aligned
 
 
 def test_asit_teacher_is_an_ema_of_the_student_and_gets_no_gradient():
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   momentum_teacher=0.9))
     loss, _ = o(torch.randn(2, 2, 96, 128), None, torch.Generator().manual_seed(0))
     loss.backward()
@@ -180,7 +192,7 @@ def test_asit_teacher_is_an_ema_of_the_student_and_gets_no_gradient():
 
 def test_asit_centres_update_once_per_step_from_all_micro_batches():
     """DINO ``update_center``: the mean teacher output of the whole step, one EMA per optimizer step."""
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   center_momentum=0.5))
     x = torch.randn(4, 2, 96, 128)
     with torch.no_grad():
@@ -222,17 +234,18 @@ def _train(o, x, steps=30, lr=2e-3, **given):
     return hist
 
 
+@pytest.mark.slow
 def test_objectives_learn_on_a_fixed_batch():
     torch.manual_seed(0)
     x = _structured_fbank(4, 128)
-    h = _train(ssast.build_objective(dict(family="ssast", size="mini", mask_patch=40, input_tdim=128)), x)
+    h = _train(build_objective(dict(family="ssast", size="mini", mask_patch=40, target_length=128)), x)
     assert sum(v for v, _ in h[-5:]) < 0.9 * sum(v for v, _ in h[:5])
-    h = _train(mae_ast.build_objective(dict(family="mae_ast", size="mini")), x * 3 - 6)
+    h = _train(build_objective(dict(family="mae_ast", size="mini")), x * 3 - 6)
     assert sum(v for v, _ in h[-5:]) < 0.9 * sum(v for v, _ in h[:5])
     # DINO terms rise towards their entropy while the centre settles; the reconstruction alone must fall. The
     # official heads start small (trunc-normal 0.02), so a fresh corruption each step would hide the trend in
     # 40 steps: the views are corrupted once, through the objective's seam.
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   use_cls=False, use_data=False))
     views = torch.stack([x[:, :96], x[:, 16:112]], 1)  # (B, 2, T, F)
     corrupted, mask = asit_corrupt(views.flatten(0, 1), generator=torch.Generator().manual_seed(0))
@@ -240,14 +253,15 @@ def test_objectives_learn_on_a_fixed_batch():
     assert sum(lg["recon"] for _, lg in h[-5:]) < 0.85 * sum(lg["recon"] for _, lg in h[:5])
 
 
-# ------------------------------------------------------------------------------------------ given masks / views
+# --------------------------------------------------------------------------------------- given masks / views
 def test_ssast_given_masks_are_the_masks_used():
-    o = ssast.build_objective(dict(family="ssast", size="mini", mask_patch=20, input_tdim=128))
+    o = build_objective(dict(family="ssast", size="mini", mask_patch=20, target_length=128))
     x = torch.randn(2, 128, 128)
     g = torch.Generator().manual_seed(0)
     drawn = [o.draw_mask(2, g, x.device) for _ in range(2)]  # what forward draws from the same generator
     loss_given, _ = o(x, None, masks=drawn)
-    assert loss_given.item() == pytest.approx(o(x, None, torch.Generator().manual_seed(0))[0].item(), abs=1e-6)
+    assert loss_given.item() == pytest.approx(o(x, None, torch.Generator().manual_seed(0))[0].item(),
+                                              abs=1e-6)
     # the official joint step: the first mask feeds mpc, the second mpg, in that order
     assert loss_given.item() != pytest.approx(o(x, None, masks=drawn[::-1])[0].item(), abs=1e-3)
     with pytest.raises(ValueError, match="takes 2 mask"):
@@ -259,8 +273,9 @@ def test_ssast_given_masks_are_the_masks_used():
 
 
 def test_mae_ast_given_mask_replaces_the_drawn_one():
-    o = mae_ast.build_objective(dict(family="mae_ast", size="mini", encoder={"dropout": 0.0, "attn_dropout": 0.0,
-                                                                              "dropout_input": 0.0, "layerdrop": 0.0}))
+    o = build_objective(dict(family="mae_ast", size="mini", encoder={"dropout": 0.0, "attn_dropout": 0.0,
+                                                                              "dropout_input": 0.0,
+                                                                     "layerdrop": 0.0}))
     x = torch.randn(2, 128, 128)
     mask = o.draw_mask(2, (8, 8), torch.Generator().manual_seed(3), x.device)
     a, _ = o(x, None, mask=mask)
@@ -271,7 +286,7 @@ def test_mae_ast_given_mask_replaces_the_drawn_one():
 
 
 def test_asit_given_corruption_is_what_the_student_sees():
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   drop_path=0.0))
     x = torch.randn(2, 2, 96, 128)
     mask = torch.zeros(2, 2, 96, 128, dtype=torch.bool)
@@ -299,17 +314,18 @@ def test_asit_heads_follow_main_asit_for_every_backbone():
         assert h == dict(head_hidden=2048, head_bottleneck=256, rec_hidden=768, rec_bottleneck=128)
     head = asit.RECHead(32, 96, 16)
     assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear", "GELU"]
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   rec_hidden=96, head_bottleneck=8, encoder={"depth": 3}))
     assert o.rec_head.mlp[0].out_features == 96 and o.head.mlp[4].out_features == 8
     assert len(o.encoder.blocks) == len(o.teacher.blocks) == 3
     with pytest.raises(ValueError, match="unknown asit objective encoder key 'dpeth'.*'depth'"):
-        asit.build_objective(dict(family="asit", size="mini", encoder={"dpeth": 3}))
+        build_objective(dict(family="asit", size="mini", encoder={"dpeth": 3}))
 
 
 def test_asit_teacher_temperature_is_dinos_linspace():
-    """np.linspace(0.04, 0.07, W)[s]: the fixture's epoch 12 of 30 gives 0.0524138, the last warm-up step 0.07."""
-    o = asit.build_objective(dict(family="asit", size="mini", num_frames=96, out_dim_cls=32, out_dim_data=16,
+    """np.linspace(0.04, 0.07, W)[s]: the fixture's epoch 12 of 30 gives 0.0524138, the last warm-up step
+    0.07."""
+    o = build_objective(dict(family="asit", size="mini", target_length=96, out_dim_cls=32, out_dim_data=16,
                                   warmup_teacher_temp_steps=30))
     for step, expected in ((0, 0.04), (12, 0.04 + 0.03 * 12 / 29), (29, 0.07), (50, 0.07)):
         o.step.fill_(step)
@@ -318,7 +334,7 @@ def test_asit_teacher_temperature_is_dinos_linspace():
 
 def test_mae_ast_decoder_drops_out_after_its_input_layernorm():
     """fairseq TransformerEncoder (layer_norm_first=False): x = dropout(layer_norm(x)), then the layers."""
-    o = mae_ast.build_objective(dict(family="mae_ast", size="mini", encoder={"dropout": 0.5}))
+    o = build_objective(dict(family="mae_ast", size="mini", encoder={"dropout": 0.5}))
     seen = []
     o.decoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     x = torch.randn(2, 96, 64)
@@ -331,20 +347,21 @@ def test_mae_ast_decoder_drops_out_after_its_input_layernorm():
     o.decoder.eval()
     o.decoder(x)
     torch.testing.assert_close(seen[1], normed)
-    assert mae_ast.build_objective(dict(family="mae_ast", size="mini")).decoder.input_drop.p == 0.1
+    assert build_objective(dict(family="mae_ast", size="mini")).decoder.input_drop.p == 0.1
 
 
 @pytest.mark.parametrize("family", ["ssast", "mae_ast", "asit"])
 def test_weight_decay_groups_follow_each_official_optimiser(family):
     """SSAST (torch Adam) and MAE-AST (fairseq Adam) decay every parameter; ASiT uses DINO's groups: no decay
     for biases and 1-D parameters, decay for weights, the cls token and the position table."""
-    from pretrain.engine import OptimConfig, _make_optimizer
+    from pretrain import OptimConfig, build_optimizer
 
-    cfg = {"ssast": dict(input_tdim=128, mask_patch=20), "mae_ast": {}, "asit": dict(num_frames=96, out_dim_cls=32,
+    cfg = {"ssast": dict(target_length=128, mask_patch=20), "mae_ast": {},
+           "asit": dict(target_length=96, out_dim_cls=32,
                                                                                      out_dim_data=16)}[family]
-    o = {"ssast": ssast, "mae_ast": mae_ast, "asit": asit}[family].build_objective(dict(family=family, size="mini",
+    o = build_objective(dict(family=family, size="mini",
                                                                                          **cfg))
-    opt = _make_optimizer(o, OptimConfig(name="adamw", weight_decay=0.04), torch.device("cpu"))
+    opt = build_optimizer(o, OptimConfig(name="adamw", weight_decay=0.04), torch.device("cpu"))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.04 for p in g["params"]}
     names = {n: id(p) in decayed for n, p in o.named_parameters() if p.requires_grad}
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)  # every trainable parameter, once
@@ -357,7 +374,7 @@ def test_weight_decay_groups_follow_each_official_optimiser(family):
         assert not names["rec_head.conv_trans.bias"] and not any(n.startswith("teacher") for n in names)
 
 
-# ------------------------------------------------------------------------------------------ front-end round trip
+# -------------------------------------------------------------------------------------- front-end round trip
 @pytest.mark.parametrize("family,name", [("ssast", "ssast_patch_mini"), ("mae_ast", "mae_ast_patch_mini"),
                                          ("asit", "asit_mini")])
 def test_a_pretrained_model_keeps_its_front_end(family, name, tmp_path):
@@ -366,10 +383,10 @@ def test_a_pretrained_model_keeps_its_front_end(family, name, tmp_path):
     import upstream
     from upstream.checkpoint import save_upstream
 
-    cfg = {"ssast": dict(input_tdim=128, mask_patch=20, norm_mean=-6.5, norm_std=3.25),
-           "mae_ast": {}, "asit": dict(num_frames=96, out_dim_cls=32, out_dim_data=16, norm_mean=-6.5,
+    cfg = {"ssast": dict(target_length=128, mask_patch=20, norm_mean=-6.5, norm_std=3.25),
+           "mae_ast": {}, "asit": dict(target_length=96, out_dim_cls=32, out_dim_data=16, norm_mean=-6.5,
                                        norm_std=3.25)}[family]
-    o = {"ssast": ssast, "mae_ast": mae_ast, "asit": asit}[family].build_objective(dict(family=family, size="mini",
+    o = build_objective(dict(family=family, size="mini",
                                                                                          **cfg))
     if family == "mae_ast":  # a training step moves the BatchNorm statistics off their defaults
         o(_structured_fbank(2, 128) * 3 - 6, None, torch.Generator().manual_seed(0))
@@ -383,7 +400,7 @@ def test_a_pretrained_model_keeps_its_front_end(family, name, tmp_path):
             torch.testing.assert_close(getattr(loaded.encoder.input_bn, k), getattr(o.encoder.input_bn, k))
         return
     assert (fe.norm_mean, fe.norm_std) == (-6.5, 3.25)
-    length = cfg.get("input_tdim", cfg.get("num_frames"))
+    length = cfg["target_length"]
     assert fe.target_length == loaded.cfg.window_frames == length
     if family == "ssast":  # an explicit length still wins; the statistics stay the model's
         other = upstream.load(name, ckpt=tmp_path / "upstream.pt", target_length=100).cfg

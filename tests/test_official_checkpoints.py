@@ -78,7 +78,8 @@ def test_ssast_finetune_path_matches_official(ssast_ckpt, ssast_ref, case):
 
 def test_ssast_upstream_matches_s3prl_hidden_states(ssast_ckpt, ssast_ref):
     s3 = ssast_ref["s3prl"]
-    model = upstream.load("ssast_patch_tiny", ckpt=ssast_ckpt, window_secs=s3["window_secs"]).eval()
+    frames = round(s3["window_secs"] * 100)  # s3prl's window_secs in fbank frames, 100 per second
+    model = upstream.load("ssast_patch_tiny", ckpt=ssast_ckpt, target_length=frames).eval()
     with torch.no_grad():
         out = model(list(ssast_ref["wave_float32"]))
     assert len(out["hidden_states"]) == s3["num_hidden_states"] == 12
@@ -109,7 +110,8 @@ def test_mae_ast_config_read_from_file(mae_model, mae_ref):
     assert e.mlp_ratio * e.embed_dim == m["encoder_ffn_embed_dim"] and not e.norm_first
     assert e.max_tokens == m["max_token_length"] == 1024
     bn = mae_model.encoder.input_bn
-    assert torch.allclose(bn.running_mean, torch.tensor([-6.2])) and torch.allclose(bn.running_var, torch.tensor([18.5]))
+    assert torch.allclose(bn.running_mean, torch.tensor([-6.2]))
+    assert torch.allclose(bn.running_var, torch.tensor([18.5]))
 
 
 def test_mae_ast_forward_matches_official_stage_by_stage(mae_model, mae_ref):
@@ -136,7 +138,8 @@ def test_mae_ast_upstream_matches_s3prl(mae_model, mae_ref):
     with torch.no_grad():
         out = mae_model(list(mae_ref["wave_float32"]))
     assert len(out["hidden_states"]) == len(mae_ref["s3prl_hidden_states"])
-    for i, (ours, theirs) in enumerate(zip(out["hidden_states"], mae_ref["s3prl_hidden_states"], strict=True)):
+    for i, (ours, theirs) in enumerate(zip(out["hidden_states"], mae_ref["s3prl_hidden_states"],
+                                           strict=True)):
         assert_close(ours, theirs, TOK, f"s3prl hidden_states[{i}]")
     assert mae_model.get_downsample_rates() == mae_ref["s3prl_downsample_rate"] == 2560
     assert_close(out["last_hidden_state"], out["hidden_states"][-1], 0, "post-norm: last == last layer")
@@ -191,7 +194,8 @@ def test_foreign_and_mismatched_checkpoints_are_refused(tmp_path):
         upstream.load("mae_ast_patch", ckpt=ssast)
     with pytest.raises(CheckpointError, match="mae_ast checkpoint"):
         upstream.load("ssast_patch_400", ckpt=mae)
-    with pytest.raises(CheckpointError, match=r"16x16 \(fshape x tshape\) patches, but 'ssast_frame_400' expects 128x2"):
+    with pytest.raises(CheckpointError,
+                       match=r"16x16 \(fshape x tshape\) patches, but 'ssast_frame_400' expects 128x2"):
         upstream.load("ssast_frame_400", ckpt=ssast)
     with pytest.raises(CheckpointError, match="time x chan"):
         upstream.load("mae_ast_frame", ckpt=mae)

@@ -2,15 +2,16 @@
 gradient (golden fixtures in ``shared/fixtures/objectives``, replayed by ``tests/official_objectives.py``)."""
 from __future__ import annotations
 
+import official_objectives as oo
 import pytest
 import torch
 from conftest import FIXTURES_DIR, fixture_path
 
-import official_objectives as oo
 from upstream import asit, mae_ast
 
 SHARED = ("ssast_patch_objective.pt", "maeast_patch_objective.pt", "asit_a_objective.pt")
-# every objective fixture in the folder (a new configuration made the same way is picked up), at least the shared
+# every objective fixture in the folder (a new configuration made the same way is picked up), at least the
+# shared
 FIXTURES = sorted({*SHARED, *(p.name for p in (FIXTURES_DIR / "objectives").glob("*_objective.pt"))})
 
 
@@ -22,11 +23,13 @@ def fixture(request):
 def test_every_loss_and_gradient_norm_is_within_the_readme_tolerance(fixture):
     result = oo.compare(fixture)
     ref = torch.load(fixture, weights_only=False)
-    assert {f"grad/{name}" for name in ref["grad_norm"]} <= set(result)  # every official parameter is compared
+    # every official parameter is compared
+    assert {f"grad/{name}" for name in ref["grad_norm"]} <= set(result)
     assert "loss/total" in result and sum("loss" in k for k in result) >= 2
     assert all(("loss" in k) != ("grad" in k) for k in result)
     bad = {k: v for k, v in result.items() if not oo.within(*v)}
-    assert not bad, f"{len(bad)} of {len(result)} quantities out of tolerance, e.g. {dict(list(bad.items())[:5])}"
+    assert not bad, (f"{len(bad)} of {len(result)} quantities out of tolerance, "
+                     f"e.g. {dict(list(bad.items())[:5])}")
 
 
 def test_intermediate_tensors_match(fixture):

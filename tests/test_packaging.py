@@ -1,5 +1,6 @@
 """The package as users get it: a wheel carrying configs and published tables, console scripts that run from
-any folder, licence and citation metadata. ``.ci/wheel_check`` also runs a tiny training job from the wheel."""
+any folder, licence and citation metadata. ``.ci/wheel_check`` also runs a tiny training job from the
+wheel."""
 from __future__ import annotations
 
 import configparser
@@ -14,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astbench.resources import config_path, published_dir, shipped_path
+from common.resources import config_path, published_dir, shipped_path
 from downstream.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("upstream", "downstream", "benchmark", "astbench", "configs")
+SOURCE_DIRS = ("common", "upstream", "pretrain", "downstream", "benchmark", "astbench", "configs")
 NOT_SHIPPED = {".venv", ".git", "exp", "build", "dist", "results", "cache", "data", "__pycache__", "tests"}
 
 
@@ -33,7 +34,8 @@ def test_every_task_config_and_recipe_is_found_through_the_package(tmp_path, mon
         for suffix in ("", "_finetune"):
             assert config_path("downstream", f"{task}{suffix}.yaml").is_file(), (task, suffix)
     assert config_path("pretrain", "ssast_patch_400.yaml").is_file()
-    assert sorted(p.name for p in published_dir().glob("*.yaml")) == ["asit.yaml", "mae_ast.yaml", "ssast.yaml"]
+    assert sorted(p.name for p in published_dir().glob("*.yaml")) == ["asit.yaml", "mae_ast.yaml",
+                                                                      "ssast.yaml"]
     # repo-relative names, as the published tables and the README write them, resolve from any folder
     monkeypatch.chdir(tmp_path)
     assert shipped_path("configs/pretrain/asit_mini.yaml") == config_path("pretrain", "asit_mini.yaml")
@@ -41,7 +43,8 @@ def test_every_task_config_and_recipe_is_found_through_the_package(tmp_path, mon
     own = tmp_path / "configs" / "pretrain" / "asit_mini.yaml"  # a user's own copy in the current folder
     own.parent.mkdir(parents=True)
     own.write_text("max_steps: 1\n")
-    assert shipped_path("configs/pretrain/asit_mini.yaml") == Path("configs/pretrain/asit_mini.yaml")  # -c: theirs
+    # -c: theirs
+    assert shipped_path("configs/pretrain/asit_mini.yaml") == Path("configs/pretrain/asit_mini.yaml")
     assert shipped_path("configs/pretrain/asit_mini.yaml", prefer_shipped=True) == config_path("pretrain",
                                                                                                "asit_mini.yaml")
 
@@ -56,7 +59,8 @@ def test_shipped_files_match_the_package_data_globs():
 
 
 def test_no_code_locates_shipped_files_from_its_own_path():
-    """Configs and tables come from astbench.resources (importlib.resources), never ``Path(__file__)/configs``."""
+    """Configs and tables come from common.resources (importlib.resources), never
+    ``Path(__file__)/configs``."""
     pattern = re.compile(r"__file__.*\n?.*[\"'](configs|published)[\"']")
     offenders = [str(p.relative_to(REPO)) for d in SOURCE_DIRS for p in (REPO / d).rglob("*.py")
                  if pattern.search(p.read_text(encoding="utf-8"))]
@@ -73,7 +77,8 @@ def test_licence_citation_and_extras():
     assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT" and cff["title"].startswith("astbench")
     refs = {r["title"].split(":")[0]: r for r in cff["references"]}
     assert set(refs) == {"SSAST", "MAE-AST", "ASiT"}
-    assert refs["SSAST"]["authors"][0]["family-names"] == "Gong" and "AAAI" in refs["SSAST"]["conference"]["name"]
+    assert refs["SSAST"]["authors"][0]["family-names"] == "Gong"
+    assert "AAAI" in refs["SSAST"]["conference"]["name"]
     mae = refs["MAE-AST"]
     assert mae["authors"][0]["family-names"] == "Baade" and "Interspeech" in mae["conference"]["name"]
     assert refs["ASiT"]["authors"][0]["family-names"] == "Atito" and refs["ASiT"]["year"] == 2022
@@ -106,8 +111,10 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_carries_data_scripts_and_metadata(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for need in ("run_downstream.py", "run_pretrain.py", "configs/__init__.py", "configs/downstream/esc50.yaml",
-                 "configs/pretrain/asit_base.yaml", "configs/demo/esc50.yaml", "benchmark/published/ssast.yaml",
+    for need in ("run_downstream.py", "run_pretrain.py", "configs/__init__.py",
+                 "configs/downstream/esc50.yaml",
+                 "configs/pretrain/asit_base.yaml", "configs/demo/esc50.yaml",
+                 "benchmark/published/ssast.yaml",
                  "astbench/hear.py", "astbench/xares.py", "astbench/s3prl.py", "upstream/s3prl_adapter.py"):
         assert need in names, need
     dist = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
@@ -119,9 +126,11 @@ def test_wheel_carries_data_scripts_and_metadata(wheel):
     assert not any(n.startswith(("tests/", "hubconf")) for n in names)
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     """A fresh venv holding only the wheel; torch and the other dependencies come from this interpreter's
-    site-packages through a .pth line, whose own .pth files (an editable install of the checkout) do not run."""
+    site-packages through a .pth line, whose own .pth files (an editable install of the checkout) do not
+    run."""
     import sysconfig
 
     venv = tmp_path / "venv"
@@ -130,13 +139,14 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     Path(site, "astbench_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, capture_output=True, timeout=300)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["OMP_NUM_THREADS"] = "1"
-    where = subprocess.run([str(py), "-c", "import upstream, configs, run_downstream, astbench.resources as r; "
+    where = subprocess.run([str(py), "-c",
+                            "import upstream, configs, run_downstream, common.resources as r; "
                             "print(upstream.__file__); print(r.config_path('downstream'))"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
     assert all(p.startswith(site) for p in where), where

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
 import run_pretrain
 from downstream.knn import KnnProbe, knn_accuracy, knn_predict
+from pretrain import run
 from tests.layouts import BUILDERS
 from tests.test_pretrain import FakeObjective, make_cfg, write_recipe
-from pretrain.engine import pretrain
 
 
 def test_knn_separates_separable_features():
@@ -53,7 +54,7 @@ def test_probe_scores_an_objective_and_leaves_it_as_it_was(tmp_path):
     assert record["task"] == "folder" and record["split"] == "test" and record["k"] == 5
     assert record["train_clips"] == 7 and record["test_clips"] == 7  # capped from 9 each
     assert 0.0 <= record["knn_accuracy"] <= 1.0 and record["chance"] == pytest.approx(1 / 3)
-    assert probe(objective, 1)["knn_accuracy"] == record["knn_accuracy"]  # same weights, same clips: same score
+    assert probe(objective, 1)["knn_accuracy"] == record["knn_accuracy"]  # same weights and clips: same score
 
 
 def test_probe_refuses_what_it_cannot_score(tmp_path):
@@ -72,7 +73,7 @@ def test_pretraining_calls_the_probe_at_step_0_and_every_n_steps(tmp_path):
         return {"knn_accuracy": step / 100}
 
     out = tmp_path / "run"
-    pretrain(make_cfg(out, root, "max_steps=12", "probe_every=5", "log_every=4"), probe=probe)
+    run(make_cfg(out, root, "max_steps=12", "probe_every=5", "log_every=4"), probe=probe)
     assert calls == [(0, True), (5, True), (10, True)]
     lines = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     probes = [(r["step"], r["probe"]["knn_accuracy"]) for r in lines if "probe" in r]
@@ -81,8 +82,9 @@ def test_pretraining_calls_the_probe_at_step_0_and_every_n_steps(tmp_path):
     # a resumed run keeps the records up to its checkpoint and does not probe step 0 again
     calls.clear()
     ckpt_run = tmp_path / "split"
-    pretrain(make_cfg(ckpt_run, root, "max_steps=12", "probe_every=5", "ckpt_every=5"), probe=probe, stop_at_step=5)
-    pretrain(make_cfg(ckpt_run, root, "max_steps=12", "probe_every=5", "ckpt_every=5"), probe=probe, resume=True)
+    settings = ("max_steps=12", "probe_every=5", "ckpt_every=5")
+    run(make_cfg(ckpt_run, root, *settings), probe=probe, stop_at_step=5)
+    run(make_cfg(ckpt_run, root, *settings), probe=probe, resume=True)
     assert [s for s, _ in calls] == [0, 5, 10]
     resumed = [json.loads(line) for line in (ckpt_run / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed if "probe" in r] == [0, 5, 10]  # step 5 recorded once
@@ -91,8 +93,8 @@ def test_pretraining_calls_the_probe_at_step_0_and_every_n_steps(tmp_path):
 def test_cli_probe_writes_records(tmp_path):
     root = BUILDERS["folder"](tmp_path / "data")["root"]
     recipe = write_recipe(tmp_path / "fake.yaml", {}, max_steps=4, probe_every=2, log_every=2)
-    args = ["-c", str(recipe), "--data", str(root), "-n", "p", "--expdir", str(tmp_path / "exp"), "--device", "cpu",
-            "--probe", "folder", "--probe-data-root", str(root), "--probe-clips", "4"]
+    args = ["-c", str(recipe), "--data", str(root), "-n", "p", "--expdir", str(tmp_path / "exp"), "--device",
+            "cpu", "--probe", "folder", "--probe-data-root", str(root), "--probe-clips", "4"]
     assert run_pretrain.main(args) == 0
     lines = [json.loads(line) for line in (tmp_path / "exp/p/losses.jsonl").read_text().splitlines()]
     probes = {r["step"]: r["probe"] for r in lines if "probe" in r}
@@ -104,10 +106,12 @@ def test_cli_probe_writes_records(tmp_path):
 def test_cli_probe_bad_inputs(tmp_path, capsys):
     root = BUILDERS["folder"](tmp_path / "data")["root"]
     recipe = write_recipe(tmp_path / "fake.yaml", {}, max_steps=2)
-    base = ["-c", str(recipe), "--data", str(root), "-n", "p", "--expdir", str(tmp_path / "exp"), "--device", "cpu"]
+    base = ["-c", str(recipe), "--data", str(root), "-n", "p", "--expdir", str(tmp_path / "exp"),
+            "--device", "cpu"]
     assert run_pretrain.main([*base, "--probe", "nope"]) == 2
     assert "error: --probe nope: unknown task 'nope'" in capsys.readouterr().err
-    assert run_pretrain.main([*base, "--probe", "folder", "--probe-data-root", str(tmp_path / "missing")]) == 2
+    missing = str(tmp_path / "missing")
+    assert run_pretrain.main([*base, "--probe", "folder", "--probe-data-root", missing]) == 2
     err = capsys.readouterr().err
     assert err.startswith("run_pretrain.py: error: --probe folder:") and err.count("\n") == 1
     with pytest.raises(SystemExit):

@@ -1,6 +1,6 @@
-"""Every number knows where it came from: a cell counts a record only when it is the row's run (checkpoint and
-downstream configuration); other records are listed with what differs; user rows; one record per run, split and
-step; plots draw flagged cells apart."""
+"""Every number knows where it came from: a cell counts a record only when it is the row's run (checkpoint
+and downstream configuration); other records are listed with what differs; user rows; one record per run,
+split and step; plots draw flagged cells apart."""
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +11,13 @@ from dataclasses import replace
 
 import pytest
 
-from benchmark import results
+from benchmark.cells import other_runs
+from benchmark.pretrain_runs import pretrain_dir
 from benchmark.provenance import Provenance, load_user_rows, protocol
 from benchmark.published import RunSpec, get_table
-from benchmark.suites import SuiteOptions, pretrain_dir
-from benchmark.tables import main_tables, other_runs, to_csv, to_markdown
+from benchmark.suites import SuiteOptions
+from benchmark.tables import main_tables, to_csv, to_markdown
+from downstream import results
 
 # the toy run of issue 16: a D=64, 2-block checkpoint loaded as ssast_patch_400, 40 steps, one ESC-50 fold
 TOY = ["-u", "ssast_patch_400", "-d", "esc50", "--fold", "1", "-f", "-o", "runner.total_steps=40",
@@ -68,14 +70,14 @@ def test_the_toy_run_is_no_paper_tables_own_but_is_listed_with_what_differs(toy,
     for table_id, paper_label in PAPER_ROWS.items():
         table = get_table(table_id)
         esc = [c.key for c in table.columns].index("esc50")
-        before = to_markdown(table, records, provenance=Provenance.off())  # the label alone: the issue's table
+        before = to_markdown(table, records, provenance=Provenance.off())  # the label alone, as it was
         assert toy_cell.fullmatch(_cell(_row_line(before, paper_label), esc).split(" (")[0])
         after = to_markdown(table, records)
         assert _cell(_row_line(after, paper_label), esc) == "— (88.8)", table_id
         other = _row_line(after, f"ssast_patch_400 (row {paper_label})")
         assert toy_cell.fullmatch(_cell(other, esc))
-        assert f"checkpoint {sha[:8]} cannot be checked: SSAST-Base-Patch-400.pth is not in $ASTBENCH_CHECKPOINTS" \
-               in other and "python -m benchmark download ssast_patch_400" in other
+        assert (f"checkpoint {sha[:8]} cannot be checked: SSAST-Base-Patch-400.pth is not in "
+                "$ASTBENCH_CHECKPOINTS") in other and "python -m benchmark download ssast_patch_400" in other
         for difference in ("runner.total_steps=40 (row: 1700)", "runner.batch_size=1 (row: 48)"):
             assert difference in other
         assert "Ours counts only records that are the row's run" in after
@@ -100,8 +102,8 @@ def test_with_the_official_file_here_only_the_protocol_differs_and_strict_drops_
 
 
 def test_a_record_of_the_rows_run_is_ours(no_official, monkeypatch):
-    """A record carrying the row's checkpoint and resolved configuration fills the cell; seed, fold and settings
-    that change only speed do not matter; the published sha256 stands in for an absent file."""
+    """A record carrying the row's checkpoint and resolved configuration fills the cell; seed, fold and
+    settings that change only speed do not matter; the published sha256 stands in for an absent file."""
     from upstream import download
 
     table = get_table("ssast_main")
@@ -127,7 +129,7 @@ def test_a_record_of_the_rows_run_is_ours(no_official, monkeypatch):
     (no_official / "SSAST-Base-Patch-400.pth").unlink()
     assert "cannot be checked" in other_runs(table, records)[0].differs[0]
     entry = download.find("ssast_patch_400")
-    monkeypatch.setattr(download, "OFFICIAL", (replace(entry, sha256=sha),))
+    monkeypatch.setattr(download, "released", lambda: (replace(entry, sha256=sha),))
     assert other_runs(table, records) == [] and "98.0 ± 1.4" in to_markdown(table, records)
 
 
@@ -135,13 +137,13 @@ def test_a_pretrained_row_counts_only_records_of_its_pretraining_run(tmp_path):
     table = get_table("ssast_pretext")
     row = next(r for r in table.rows if r.label == "ssast_patch_400_disc")
     opts = SuiteOptions(expdir=str(tmp_path / "sweep"))
-    up = pretrain_dir(row.run, opts) / "upstream.pt"
+    up = pretrain_dir(row.run, opts.expdir, opts.pretrain_overrides) / "upstream.pt"
     up.parent.mkdir(parents=True)
     up.write_bytes(b"pretrained")
     prov = Provenance(opts)
     config = prov._resolve(row.run, "as20k", "finetune", False)
-    rec = results.ResultRecord(upstream="ssast_patch_400", task="as20k", split="test", metric="mAP", value=0.3,
-                               mode="finetune", label="ssast_patch_400_disc", config=config,
+    rec = results.ResultRecord(upstream="ssast_patch_400", task="as20k", split="test", metric="mAP",
+                               value=0.3, mode="finetune", label="ssast_patch_400_disc", config=config,
                                ckpt_sha256=hashlib.sha256(b"pretrained").hexdigest())
     assert prov.verdict(rec, row).ours
     assert "30.0 (30.6)" in _row_line(to_markdown(table, [rec], provenance=prov), "Discriminative")
@@ -156,11 +158,12 @@ def test_user_rows_sit_beside_the_papers_rows(tmp_path, capsys):
     from tests.layouts import make_speech_commands_v2
 
     make_speech_commands_v2(tmp_path / "data")
-    overrides = ["runner.total_steps=2", "runner.eval_step=1", "runner.batch_size=4", "runner.eval_batch_size=8"]
+    overrides = ["runner.total_steps=2", "runner.eval_step=1", "runner.batch_size=4",
+                 "runner.eval_batch_size=8"]
     argv = ["-u", "tests.plugin_upstream:build", "-d", "speech_commands_v2", "-f", "--data-root",
             str(tmp_path / "data"), "--expdir", str(tmp_path / "exp"), "--results", str(tmp_path / "r.jsonl"),
             "--device", "cpu"] + [x for o in overrides for x in ("-o", o)]
-    with pytest.warns(UserWarning, match="no .frontend"):
+    with pytest.warns(UserWarning, match="no set_input_augment hook"):
         assert run_downstream.main(argv) == 0
     (rec,) = [r for r in results.load(tmp_path / "r.jsonl") if r.split == "test"]
     rows = tmp_path / "rows.yaml"
@@ -172,7 +175,8 @@ def test_user_rows_sit_beside_the_papers_rows(tmp_path, capsys):
     text = capsys.readouterr().out
     line = _row_line(text, "TinyCNN (mine)")
     assert _cell(line, 2) == f"{rec.value * 100:.1f} (—)" and _cell(line, 0) == "—"  # KS2 only: its task
-    assert "- TinyCNN (mine): your row (rows.yaml): upstream tests.plugin_upstream:build, checkpoint none" in text
+    assert ("- TinyCNN (mine): your row (rows.yaml): upstream tests.plugin_upstream:build, checkpoint "
+            "none") in text
     assert text.count("| TinyCNN (mine) |") == 2  # both tables have a KS2 column
     # --row LABEL: any checkpoint, but held to the task's default protocol, so this 2-step run is another run
     assert main_tables(common + ["--row", "tests.plugin_upstream:build"]) == 0
@@ -215,7 +219,7 @@ def test_row_flag_without_records_and_a_pinned_sha256(tmp_path, capsys):
     assert prov.expected_checkpoint(user.row(())).sha256 == "a" * 64
 
 
-# ------------------------------------------------------------------------------------------ one record per run
+# -------------------------------------------------------------------------------------- one record per run
 def _rec(value=0.5, step=10, expname="run", **kw):
     return results.ResultRecord(upstream="u", task="esc50", split="test", metric="accuracy", value=value,
                                 fold=1, step=step, expname=expname, config={"x": 1}, **kw)
@@ -226,7 +230,8 @@ def test_re_evaluation_replaces_the_record_of_the_same_run_split_and_step(tmp_pa
     assert results.append(_rec(), path, unique=True)
     assert not results.append(_rec(), path, unique=True)  # the same evaluation again: nothing written
     assert results.append(_rec(0.6, dataset={"name": "esc50", "files": "changed"}), path, unique=True)
-    assert [(r.value, r.dataset) for r in results.load(path)] == [(0.6, {"name": "esc50", "files": "changed"})]
+    expected = [(0.6, {"name": "esc50", "files": "changed"})]
+    assert [(r.value, r.dataset) for r in results.load(path)] == expected
     assert results.append(_rec(0.7, step=20), path, unique=True)  # another step is another record
     assert results.append(_rec(0.1, expname=""), path, unique=True)  # no run folder: nothing to replace
     assert results.append(_rec(0.2, expname=""), path, unique=True)
@@ -303,7 +308,8 @@ def test_plots_draw_flagged_cells_apart_and_keep_the_legend_off_the_lines(tmp_pa
     ax = line.axes[0]
     line.canvas.draw()
     renderer = line.canvas.get_renderer()
-    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1  # beside the axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= ax.get_window_extent(renderer).x1  # beside the axes
     assert all(len(part) <= 60 for part in ax.get_title().splitlines())  # wrapped, not clipped
     assert ax.get_ylabel() == "accuracy (%) / mAP (%)"
     assert protocol({"run": {"seed": 1, "task": "x"}, "runner": {"log_step": 5}}) == {"run.task": "x"}

@@ -122,12 +122,14 @@ def test_good_file_and_default_source(tmp_path):
     ("upstream: ssast_patch_mini", "upstream: no_such_upstream", "not a registered upstream"),
     ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, pretrain: configs/pretrain/nope.yaml, "
      "pretrain_upstream: ssast_patch", "not a recipe file"),
-    ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, pretrain: configs/pretrain/ssast_patch_mini.yaml",
-     "'pretrain_upstream' is required"),
-    ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, pretrain: configs/pretrain/ssast_patch_mini.yaml, "
-     "pretrain_upstream: ssast_patch, pretrain_overrides: [objective.mask_patchez=3]", "mask_patchez"),
-    ("upstream: ssast_patch_mini", "upstream: mae_ast_patch_mini, pretrain: configs/pretrain/ssast_patch_mini.yaml, "
-     "pretrain_upstream: ssast_patch", "does not match the pretrained encoder"),
+    ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, pretrain: "
+     "configs/pretrain/ssast_patch_mini.yaml", "'pretrain_upstream' is required"),
+    ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, pretrain: "
+     "configs/pretrain/ssast_patch_mini.yaml, pretrain_upstream: ssast_patch, "
+     "pretrain_overrides: [objective.mask_patchez=3]", "mask_patchez"),
+    ("upstream: ssast_patch_mini", "upstream: mae_ast_patch_mini, pretrain: "
+     "configs/pretrain/ssast_patch_mini.yaml, pretrain_upstream: ssast_patch",
+     "does not match the pretrained encoder"),
     ("upstream: ssast_patch_mini", "upstream: ssast_patch_mini, overrides: [optimizer.lrr=1]", "lrr"),
     ("upstream: ssast_patch_mini", "upstream: asit_mini, pretrain: configs/pretrain/asit_mini.yaml, "
      "pretrain_upstream: asit, pretrain_overrides: [objective.corrupt=false, objective.aligned_blocks=true]",

@@ -1,4 +1,4 @@
-"""benchmark.results: round trip, concurrent atomic appends, corrupt-line errors."""
+"""downstream.results: round trip, concurrent atomic appends, corrupt-line errors."""
 from __future__ import annotations
 
 import json
@@ -6,13 +6,14 @@ import multiprocessing as mp
 
 import pytest
 
-from benchmark import results
-from benchmark.results import ResultRecord
+from downstream import results
+from downstream.results import ResultRecord
 
 
 def _record(i: int = 0) -> ResultRecord:
     return ResultRecord(upstream="ssast_patch_mini", task="esc50", split="test", metric="accuracy", value=0.5,
-                        fold=1 + i % 5, mode="frozen", config={"runner": {"total_steps": i}}, expname=f"run{i}")
+                        fold=1 + i % 5, mode="frozen", config={"runner": {"total_steps": i}},
+                        expname=f"run{i}")
 
 
 def test_round_trip(tmp_path):

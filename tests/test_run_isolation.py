@@ -14,8 +14,9 @@ import yaml
 
 import run_downstream
 import run_pretrain
-from benchmark import results
-from common.config import config_diff, run_dir_lock, temp_path
+from common import files
+from common.rundir import config_diff, run_dir_lock
+from downstream import results
 from tests.layouts import make_folder, write_tone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ def folder(tmp_path_factory) -> Path:
 
 
 def _args(tmp_path, folder, *extra) -> list[str]:
-    return ["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(folder), "--expdir", str(tmp_path / "exp"),
+    return ["-u", "ssast_patch_mini", "-d", "folder", "--data-root", str(folder), "--expdir",
+            str(tmp_path / "exp"),
             "--results", str(tmp_path / "r.jsonl"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
             *TINY, *extra]
 
@@ -51,7 +53,7 @@ def test_config_diff_names_each_changed_key():
 
 
 def test_temporary_names_are_unique_per_writer(tmp_path):
-    a, b = temp_path(tmp_path / "dev-best.ckpt"), temp_path(tmp_path / "dev-best.ckpt")
+    a, b = files.tmp_path(tmp_path / "dev-best.ckpt"), files.tmp_path(tmp_path / "dev-best.ckpt")
     assert a != b and a.parent == tmp_path and str(os.getpid()) in a.name and a.name.endswith(".tmp")
 
 
@@ -67,6 +69,10 @@ def test_seeds_get_their_own_folders_and_records(tmp_path, folder):
         assert saved["run"]["seed"] == seed and saved["run"]["expname"] == run
     recs = results.load(tmp_path / "r.jsonl")
     assert {(r.seed, r.expname) for r in recs} == {(1, runs[0]), (2, runs[1])}
+    # the seed reached the run (head initialisation, batch order), not only its name
+    evals = [(tmp_path / "exp" / run / "evals.jsonl").read_text().splitlines() for run in runs]
+    losses = [[json.loads(line)["train_loss"] for line in lines] for lines in evals]
+    assert len(losses[0]) == len(losses[1]) > 0 and losses[0] != losses[1]
     # an override is part of the name too: same seed, another lr -> a third folder
     assert run_downstream.main(_args(tmp_path, folder, "--seed", "1", "-o", "optimizer.lr=0.01")) == 0
     assert len(list((tmp_path / "exp").iterdir())) == 3
@@ -76,7 +82,8 @@ def test_a_folder_holding_another_configuration_is_refused(tmp_path, folder, cap
     assert run_downstream.main(_args(tmp_path, folder, "-n", "run")) == 0
     before = (tmp_path / "exp" / "run" / "last.ckpt").stat().st_mtime_ns
     capsys.readouterr()
-    assert run_downstream.main(_args(tmp_path, folder, "-n", "run", "--seed", "2", "-o", "optimizer.lr=0.5")) == 2
+    assert run_downstream.main(_args(tmp_path, folder, "-n", "run", "--seed", "2", "-o",
+                                     "optimizer.lr=0.5")) == 2
     line = _error(capsys)
     assert "holds a run of another configuration" in line
     assert "optimizer.lr was 0.0001, now 0.5" in line and "run.seed was 1337, now 2" in line
@@ -107,13 +114,15 @@ def test_resume_without_a_name_points_at_the_run_it_differs_from(tmp_path, folde
     capsys.readouterr()
     assert run_downstream.main(_args(tmp_path, folder, "--resume", "-o", "optimizer.lr=0.5")) == 2
     line = _error(capsys)
-    assert "--resume: no checkpoint" in line and old.name in line and "optimizer.lr was 0.0001, now 0.5" in line
+    assert "--resume: no checkpoint" in line and old.name in line
+    assert "optimizer.lr was 0.0001, now 0.5" in line
 
 
 def test_results_path_is_checked_before_training(tmp_path, folder, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert run_downstream.main(_args(tmp_path, folder, "-n", "run", "--results", str(blocker / "r.jsonl"))) == 2
+    assert run_downstream.main(_args(tmp_path, folder, "-n", "run", "--results",
+                                     str(blocker / "r.jsonl"))) == 2
     assert "cannot be written" in _error(capsys)
     assert not (tmp_path / "exp" / "run").exists()  # nothing trained, no folder claimed
 
@@ -128,7 +137,8 @@ def test_evaluate_does_not_record_the_same_evaluation_twice(tmp_path, folder, ca
     assert run_downstream.main(evaluate) == 0
     assert "not appended again" in capsys.readouterr().out
     assert len(results.load(tmp_path / "r.jsonl")) == len(first)
-    assert run_downstream.main(evaluate + ["--results", str(tmp_path / "other.jsonl")]) == 0  # another file: written
+    # another file: written
+    assert run_downstream.main(evaluate + ["--results", str(tmp_path / "other.jsonl")]) == 0
     again = results.load(tmp_path / "other.jsonl")
     assert [(r.split, r.value, r.step) for r in again] == [(r.split, r.value, r.step) for r in first]
 
@@ -141,7 +151,8 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path, folder, capsys)
 
 
 def _start(argv: list[str]) -> multiprocessing.Process:
-    """``run_downstream.main(argv)`` in a forked process (torch already imported: starts at once), one thread."""
+    """``run_downstream.main(argv)`` in a forked process (torch already imported: starts at once), one
+    thread."""
 
     def target():
         torch.set_num_threads(1)
@@ -154,7 +165,8 @@ def _start(argv: list[str]) -> multiprocessing.Process:
 
 def test_two_seeds_at_once_record_what_each_gives_alone(tmp_path, folder):
     """Before: a shared folder, one run crashed on dev-best.ckpt.tmp and the other recorded the other seed's
-    model. Now each seed has its own folder, and two processes started together record what each gives alone."""
+    model. Now each seed has its own folder, and two processes started together record what each gives
+    alone."""
     together = [_start(_args(tmp_path / "together", folder, "-f", "--seed", str(s))) for s in (1, 2)]
     for proc in together:
         proc.join(timeout=240)
@@ -168,8 +180,10 @@ def test_two_seeds_at_once_record_what_each_gives_alone(tmp_path, folder):
         recs = results.load(tmp_path / where / "r.jsonl")
         evals = {}
         for run in (tmp_path / where / "exp").iterdir():
-            evals[run.name] = [json.loads(ln)["train_loss"] for ln in (run / "evals.jsonl").read_text().splitlines()]
-        return {"records": sorted((r.seed, r.split, r.value, r.step, r.expname) for r in recs), "evals": evals}
+            evals[run.name] = [json.loads(ln)["train_loss"]
+                               for ln in (run / "evals.jsonl").read_text().splitlines()]
+        return {"records": sorted((r.seed, r.split, r.value, r.step, r.expname) for r in recs),
+                "evals": evals}
 
     at_once, one_by_one = outcome("together"), outcome("alone")
     assert len(at_once["records"]) == 4 and {r[0] for r in at_once["records"]} == {1, 2}
@@ -187,7 +201,8 @@ def audio(tmp_path_factory) -> Path:
 
 
 def _pretrain(tmp_path, audio, *extra) -> list[str]:
-    return ["-u", "mae_ast_patch", "-c", str(REPO / "configs/pretrain/mae_ast_patch_mini.yaml"), "--data", str(audio),
+    return ["-u", "mae_ast_patch", "-c", str(REPO / "configs/pretrain/mae_ast_patch_mini.yaml"), "--data",
+            str(audio),
             "-n", "run", "--expdir", str(tmp_path / "exp"), "--device", "cpu", "-o", "max_steps=2",
             "-o", "batch_size=2", "-o", "data.num_workers=0", "-o", "tensorboard=false", *extra]
 
@@ -200,9 +215,11 @@ def test_pretraining_name_reuse_and_resume_compare_the_configuration(tmp_path, a
     assert "holds a run of another configuration: seed was 1337, now 3" in capsys.readouterr().err
     # the same configuration without --resume
     assert run_pretrain.main(_pretrain(tmp_path, audio)) == 2
-    assert "already holds a run of this configuration" in (err := capsys.readouterr().err) and "--resume" in err
+    assert "already holds a run of this configuration" in (err := capsys.readouterr().err)
+    assert "--resume" in err
     # --resume with changed settings: every differing key is named
-    assert run_pretrain.main(_pretrain(tmp_path, audio, "--resume", "-o", "optim.lr=0.5", "-o", "max_steps=4")) == 2
+    assert run_pretrain.main(_pretrain(tmp_path, audio, "--resume", "-o", "optim.lr=0.5", "-o",
+                                       "max_steps=4")) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "optim.lr was 0.001, now 0.5" in err and "max_steps was 2, now 4" in err
     # how a run logs is not part of its configuration

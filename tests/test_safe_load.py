@@ -22,8 +22,8 @@ from conftest import fixture_path
 import run_downstream
 import run_pretrain
 import upstream
-from benchmark import suites
-from downstream import runner
+from benchmark import pretrain_runs
+from downstream import engine
 from tests.layouts import BUILDERS
 from upstream.checkpoint import CheckpointError, read_checkpoint
 from upstream.safe_load import TrustedCheckpointWarning, load_checkpoint_file
@@ -44,7 +44,8 @@ class Evil:
 
 
 def evil_file(path: Path, payload: dict | None = None, legacy: bool = False, key: str = "step") -> Path:
-    """A checkpoint-shaped dict with the hostile object inside (under ``key``), as a tampered file would be."""
+    """A checkpoint-shaped dict with the hostile object inside (under ``key``), as a tampered file would
+    be."""
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = dict(payload or {"module.v.cls_token": torch.zeros(1)})
     obj[key] = Evil(path.parent / "marker")
@@ -136,7 +137,8 @@ def test_run_downstream_ckpt(tmp_path, capsys):
             "--expdir", str(tmp_path / "exp"), "--results", str(tmp_path / "r.jsonl"), *TINY]
     assert_refused(_cli_error(run_downstream.main, argv, capsys), path)
     with pytest.warns(TrustedCheckpointWarning):  # the flag reaches the read (the file then is no format)
-        assert "lacks 5 expected key(s)" in _cli_error(run_downstream.main, [*argv, "--trust-checkpoint"], capsys)
+        assert "lacks 5 expected key(s)" in _cli_error(run_downstream.main, [*argv, "--trust-checkpoint"],
+                                                       capsys)
     assert (path.parent / "marker").exists()
 
 
@@ -156,7 +158,8 @@ def test_real_downstream_checkpoints_load_without_opt_in(downstream_run, tmp_pat
     best = load_checkpoint_file(expdir / "dev-best.ckpt")
     last = load_checkpoint_file(expdir / "last.ckpt")  # numpy's RNG state inside
     assert best["step"] >= 1 and last["step"] == 2
-    assert isinstance(last["rng"][0]["numpy"][1], np.ndarray) and last["rng"][0]["numpy"][1].dtype == np.uint32
+    assert isinstance(last["rng"][0]["numpy"][1], np.ndarray)
+    assert last["rng"][0]["numpy"][1].dtype == np.uint32
     results = str(tmp_path / "again.jsonl")
     assert run_downstream.main(["-m", "evaluate", "-e", str(expdir), "--results", results]) == 0
     resumed = [a if a != "runner.total_steps=2" else "runner.total_steps=3" for a in argv]
@@ -180,7 +183,7 @@ def test_downstream_evaluate_and_resume_refuse_hostile_run_files(downstream_run,
 def test_runner_load_for_eval_refuses(tmp_path):
     path = evil_file(tmp_path / "dev-best.ckpt")
     with pytest.raises(CheckpointError) as err:
-        runner.load_for_eval(torch.nn.Linear(1, 1), path, torch.device("cpu"))
+        engine.load_for_eval(torch.nn.Linear(1, 1), path, torch.device("cpu"))
     assert_refused(str(err.value), path)
 
 
@@ -202,12 +205,12 @@ def test_pretrain_resume_and_sweep_read_real_last_ckpt(pretrain_run, tmp_path):
     out, argv = pretrain_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    assert suites._pretrain_finished(copy) is False  # the sweep's read: step 1 of 2
+    assert pretrain_runs.pretrain_finished(copy) is False  # the sweep's read: step 1 of 2
     ckpt = load_checkpoint_file(copy / "last.ckpt")
     assert ckpt["step"] == 1 and isinstance(ckpt["rng"]["numpy"][1], np.ndarray)
     resumed = [a if a != str(out.parent) else str(tmp_path) for a in argv]
     assert run_pretrain.main([*resumed, "--resume"]) == 0
-    assert suites._pretrain_finished(copy) is True
+    assert pretrain_runs.pretrain_finished(copy) is True
     assert read_checkpoint(copy / "upstream.pt").family == "ssast"  # own upstream.pt
 
 
@@ -215,11 +218,12 @@ def test_pretrain_resume_and_sweep_refuse_hostile_last_ckpt(pretrain_run, tmp_pa
     out, argv = pretrain_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    path = evil_file(copy / "last.ckpt", payload=torch.load(out / "last.ckpt", weights_only=False), key="evil")
+    path = evil_file(copy / "last.ckpt", payload=torch.load(out / "last.ckpt", weights_only=False),
+                     key="evil")
     resumed = [a if a != str(out.parent) else str(tmp_path) for a in argv]
     assert_refused(_cli_error(run_pretrain.main, [*resumed, "--resume"], capsys), path)
     with pytest.raises(CheckpointError) as err:
-        suites._pretrain_finished(copy)
+        pretrain_runs.pretrain_finished(copy)
     assert_refused(str(err.value), path)
     with pytest.warns(TrustedCheckpointWarning):  # the flag reaches the read: the run resumes, the code ran
         assert run_pretrain.main([*resumed, "--resume", "--trust-checkpoint"]) == 0
@@ -230,7 +234,8 @@ def test_pretrain_resume_and_sweep_refuse_hostile_last_ckpt(pretrain_run, tmp_pa
 def test_official_fixture_formats_load_without_opt_in():
     assert read_checkpoint(fixture_path("official", "ssast_tiny_patch_pretrain.pth")).family == "ssast"
     assert read_checkpoint(fixture_path("official", "maeast_tiny_patch.pt")).family == "mae_ast"
-    raw = read_checkpoint(fixture_path("official", "asit_tiny_checkpoint.pth"), num_heads=4)  # args: a Namespace
+    # args: a Namespace
+    raw = read_checkpoint(fixture_path("official", "asit_tiny_checkpoint.pth"), num_heads=4)
     assert raw.family == "asit" and raw.extra["data_mean"] is not None
 
 
@@ -270,7 +275,8 @@ class _AnyNode(_Node): ...
 
 FAKE_OMEGACONF = {"omegaconf.base": {"Metadata": _Metadata, "ContainerMetadata": _ContainerMetadata},
                   "omegaconf.dictconfig": {"DictConfig": _DictConfig},
-                  "omegaconf.listconfig": {"ListConfig": _ListConfig}, "omegaconf.nodes": {"AnyNode": _AnyNode}}
+                  "omegaconf.listconfig": {"ListConfig": _ListConfig},
+                  "omegaconf.nodes": {"AnyNode": _AnyNode}}
 for _module, _names in FAKE_OMEGACONF.items():  # pickle names a class by its __module__ and __qualname__
     for _name, _cls in _names.items():
         _cls.__module__, _cls.__qualname__ = _module, _name
@@ -312,10 +318,12 @@ def omegaconf_mae_ast(tmp_path, monkeypatch) -> Path:
 
 
 def test_mae_ast_with_omegaconf_cfg_loads_without_omegaconf(omegaconf_mae_ast):
-    assert sorted(torch.serialization.get_unsafe_globals_in_checkpoint(omegaconf_mae_ast)) == REAL_OMEGACONF_GLOBALS
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(omegaconf_mae_ast)
+    assert sorted(unsafe) == REAL_OMEGACONF_GLOBALS
     raw = read_checkpoint(omegaconf_mae_ast)
     plain = read_checkpoint(fixture_path("official", "maeast_tiny_patch.pt"))
-    assert raw.extra["cfg_model"] == plain.extra["cfg_model"] and raw.extra["cfg_task"] == plain.extra["cfg_task"]
+    assert raw.extra["cfg_model"] == plain.extra["cfg_model"]
+    assert raw.extra["cfg_task"] == plain.extra["cfg_task"]
     assert raw.encoder == plain.encoder
     wav = [torch.randn(16000, generator=torch.Generator().manual_seed(0)) * 0.1]
     with torch.no_grad():
@@ -334,7 +342,7 @@ def test_own_upstream_file_keeps_the_official_position_table(tmp_path):
     assert read_checkpoint(tmp_path / "mini.pt").extra.get("sincos_table") is None
 
 
-# ------------------------------------------------------------------------------------------ MAE-AST cfg and table
+# ------------------------------------------------------------------------------------- MAE-AST cfg and table
 def _mae_ast_variant(tmp_path: Path, name: str, edit) -> Path:
     obj = torch.load(fixture_path("official", "maeast_tiny_patch.pt"), weights_only=True)
     edit(obj)
@@ -347,7 +355,8 @@ def test_mae_ast_cfg_missing_keys_are_named(tmp_path):
         del obj["cfg"]["model"]["encoder_embed_dim"], obj["cfg"]["model"]["encoder_layers"]
 
     path = _mae_ast_variant(tmp_path, "nokeys.pt", drop)
-    with pytest.raises(CheckpointError, match=r"nokeys\.pt: cfg\['model'\] lacks encoder_embed_dim, encoder_layers"):
+    with pytest.raises(CheckpointError,
+                       match=r"nokeys\.pt: cfg\['model'\] lacks encoder_embed_dim, encoder_layers"):
         upstream.load("mae_ast_patch", ckpt=path)
 
     def garble(obj):
@@ -382,9 +391,11 @@ def test_stored_sinusoid_from_another_cpu_is_accepted_and_used_as_stored(tmp_pat
     pad[1, 48:] = True
     expected = tokens + other[0, :64].masked_fill(pad[..., None], 0.0)
     assert torch.equal(enc.add_position(tokens, pad), expected)  # the file's table, bit for bit
-    # the family is named before any family-specific check: a MAE-AST file is refused by an ASiT upstream as such
+    # the family is named before any family-specific check: a MAE-AST file is refused by an ASiT upstream as
+    # such
     for ckpt in (path, fixture_path("official", "maeast_tiny_patch.pt")):
-        with pytest.raises(CheckpointError, match="is a mae_ast checkpoint, but 'asit_base' is an ASiT upstream"):
+        with pytest.raises(CheckpointError,
+                           match="is a mae_ast checkpoint, but 'asit_base' is an ASiT upstream"):
             upstream.load("asit_base", ckpt=ckpt)
 
 
@@ -401,7 +412,8 @@ def test_a_table_that_is_not_the_sinusoid_is_refused(tmp_path, kind):
         obj["model"]["enc_sine_pos_embed.pe"] = pe
 
     path = _mae_ast_variant(tmp_path, f"{kind}.pt", swap)
-    with pytest.raises(CheckpointError, match=r"not the standard sinusoid \(at position \d+ it is [\d.e-]+ away"):
+    with pytest.raises(CheckpointError,
+                       match=r"not the standard sinusoid \(at position \d+ it is [\d.e-]+ away"):
         read_checkpoint(path)
     if kind == "bump":
         with pytest.raises(CheckpointError, match="at position 700 it is 0.05"):

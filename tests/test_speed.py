@@ -1,5 +1,5 @@
-"""The speed benchmark: it runs on a CPU at mini size (pretraining steps, and the all-at-once GPU check), and its
-FLOP formulas are right.
+"""The speed benchmark: it runs on a CPU at mini size (pretraining steps, and the all-at-once GPU check), and
+its FLOP formulas are right.
 
 Only that the benchmark works is tested here; its numbers are measurements, never asserted.
 """
@@ -18,7 +18,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark import speed
+from benchmark import speed, speed_measure
 from upstream.frontend import Fbank
 
 
@@ -44,15 +44,15 @@ def test_analytic_flops_match_a_flop_counter(method):
     The formula counts every trained module as 3x its forward; autograd skips the input gradient of the
     first layer, so the formula may be a few percent above the count.
     """
-    cfg, objective = speed._build(method, "mini", torch.device("cpu"))
+    cfg, objective = speed_measure.build_recipe(method, "mini", torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
-    wavs, lengths = speed._waveforms(objective, 2, torch.device("cpu"), gen)
-    feats, frames = speed._features(Fbank(objective.frontend), wavs, lengths, objective.num_views)
+    wavs, lengths = speed_measure.random_crops(objective, 2, torch.device("cpu"), gen)
+    feats, frames = speed_measure.batch_fbank(Fbank(objective.frontend), wavs, lengths, objective.num_views)
     objective.encoder.cfg.layerdrop = 0.0  # MAE-AST skips random layers while training
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         loss, _ = objective(feats, frames, gen)
         loss.backward()
-    analytic = 2 * speed.pretrain_step_flops(objective, feats.shape[-2])
+    analytic = 2 * objective.step_flops(feats.shape[-2])
     assert 0.95 < analytic / counter.get_total_flops() < 1.12
 
 
@@ -69,6 +69,7 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=no_nan)
 
 
+@pytest.mark.slow
 def test_all_mode_writes_json_and_markdown_at_mini_size(tmp_path, capsys):
     out = tmp_path / "speed"
     argv = ["all", "--device", "cpu", "--size", "mini", "--out", str(out), "--compile", "off", "--steps", "1",
@@ -96,7 +97,7 @@ def test_all_mode_writes_json_and_markdown_at_mini_size(tmp_path, capsys):
         assert title in md
     assert "| ssast_frame_mini " in md and report["command"] in md
     assert md in capsys.readouterr().out  # the same table printed at the end
-    assert not [p.name for p in out.iterdir() if p.name not in ("speed.json", "speed.md")]  # no temp files left
+    assert not [p.name for p in out.iterdir() if p.name not in ("speed.json", "speed.md")]  # no temp files
 
 
 def test_all_mode_records_a_failed_figure_and_goes_on(tmp_path, monkeypatch):
@@ -107,9 +108,9 @@ def test_all_mode_records_a_failed_figure_and_goes_on(tmp_path, monkeypatch):
                 "MFU %": math.nan}
 
     monkeypatch.setattr(speed, "feature_rows", broken)
-    argv = ["all", "--device", "cpu", "--size", "mini", "--out", str(tmp_path), "--compile", "off", "--methods",
-            "ssast", "--steps", "1", "--warmup", "0", "--max-batch", "4", "--upstreams", "asit_mini",
-            "ssast_patch_mini", "--min-secs", "0.01", "--fbank-batch", "2"]
+    argv = ["all", "--device", "cpu", "--size", "mini", "--out", str(tmp_path), "--compile", "off",
+            "--methods", "ssast", "--steps", "1", "--warmup", "0", "--max-batch", "4", "--upstreams",
+            "asit_mini", "ssast_patch_mini", "--min-secs", "0.01", "--fbank-batch", "2"]
     assert speed.main(argv) == 1  # a figure is missing
     report = _strict_json(tmp_path / "speed.json")
     assert report["errors"] == [{"part": "features asit_mini, compile False",
@@ -126,14 +127,16 @@ def test_largest_batch_search(monkeypatch):
         tried.append(batch)
         return batch <= 37
 
-    monkeypatch.setattr(speed, "_fits", fits)
+    monkeypatch.setattr(speed_measure, "_fits", fits)
     # doubling 8, 16, 32, 64 (too big), then bisection 48 (no), 40 (no), 36 (yes): within 1/8 of the limit
-    assert speed.largest_batch("ssast", "mini", torch.device("cpu"), 4, 1024, "fp32") == 36
+    assert speed_measure.largest_batch("ssast", "mini", torch.device("cpu"), 4, 1024, "fp32") == 36
     assert tried == [8, 16, 32, 64, 48, 40, 36]
-    assert speed.largest_batch("ssast", "mini", torch.device("cpu"), 4, 20, "fp32") == 20  # the cap, which fits
-    assert speed.largest_batch("ssast", "mini", torch.device("cpu"), 40, 1024, "fp32") == 40  # recipe batch only
+    cpu = torch.device("cpu")
+    assert speed_measure.largest_batch("ssast", "mini", cpu, 4, 20, "fp32") == 20  # the cap, which fits
+    assert speed_measure.largest_batch("ssast", "mini", cpu, 40, 1024, "fp32") == 40  # recipe batch only
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_on_a_cpu_at_mini_size(tmp_path):
     """The one-call GPU script, as shipped, with its device and size overridden (the options pass through)."""
     script = Path(speed.__file__).with_name("gpu_check.sh")
@@ -165,16 +168,19 @@ def test_gpu_check_script_refuses_to_run_without_a_gpu(tmp_path):
 
 def test_optimizers_take_the_fused_kernels_on_cpu_and_agree_with_the_loop():
     """Fused Adam/AdamW is ~4x faster per step on CPU; it must be used there, and match the foreach update."""
-    from downstream.runner import OptimizerConfig, build_optimizer
-    from pretrain.engine import _make_optimizer, fused_adam_supported
+    import pretrain
+    from common.optim import fused_adam_supported
+    from downstream.config import OptimizerConfig
+    from downstream.engine import build_optimizer
 
     cpu = torch.device("cpu")
     assert fused_adam_supported(cpu) and fused_adam_supported(torch.device("cuda"))
-    cfg, objective = speed._build("mae_ast", "mini", cpu)
-    optimizer = _make_optimizer(objective, cfg.optim, cpu)
+    cfg, objective = speed_measure.build_recipe("mae_ast", "mini", cpu)
+    optimizer = pretrain.build_optimizer(objective, cfg.optim, cpu)
     assert optimizer.defaults["fused"] is True
     head = torch.nn.Linear(3, 2)
-    assert build_optimizer(SimpleNamespace(parameters=head.parameters), OptimizerConfig(), cpu).defaults["fused"]
+    head_optimizer = build_optimizer(SimpleNamespace(parameters=head.parameters), OptimizerConfig(), cpu)
+    assert head_optimizer.defaults["fused"]
 
     torch.manual_seed(0)
     weights = [torch.randn(257, requires_grad=True) for _ in range(2)]

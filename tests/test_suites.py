@@ -1,12 +1,23 @@
 """Suites: planning, skipping finished jobs, resuming, shared pretraining, failures reported per job."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from benchmark import results
+from benchmark.pretrain_runs import PretrainRunError, ensure_pretrained, pretrain_data, pretrain_dir
 from benchmark.published import Column, PaperTable, Row, RunSpec
-from benchmark.suites import (SuiteError, SuiteOptions, _parse_pretrain_data, downstream_argv, ensure_pretrained,
-                              is_done, plan, pretrain_data, pretrain_dir, run_suite)
+from benchmark.suites import (
+    SuiteError,
+    SuiteOptions,
+    _parse_pretrain_data,
+    downstream_job,
+    is_done,
+    plan,
+    run_suite,
+)
+from downstream import results
+from downstream.tasks import FOLD_AVERAGED_SPLIT
 from tests.layouts import make_esc50, make_speech_commands_v2
 
 TINY = ("runner.total_steps=2", "runner.eval_step=1", "runner.batch_size=4", "runner.eval_batch_size=8")
@@ -55,23 +66,26 @@ def test_is_done_matches_label_task_mode_seed_fold_and_checkpoint():
         assert not is_done(job, [results.ResultRecord(**{**rec, key: value})], "abc"), key
 
 
-def test_argv_carries_label_fold_checkpoint_config_and_resume(tmp_path):
+def test_job_carries_label_fold_checkpoint_config_and_resume(tmp_path):
     job = plan(_table(_row("a", RunSpec("ssast_patch_mini", overrides=("optimizer.lr=1",), layer=1))),
                SuiteOptions(tasks=("esc50",), folds=(4,)))[0]
     opts = SuiteOptions(expdir=str(tmp_path), config_dir="cfgs", downstream_overrides=("runner.log_step=1",),
-                        data_root="D", device="cpu")
-    argv = downstream_argv(job, tmp_path / "up.pt", opts, "run1")
-    text = " ".join(argv)
-    for part in ["-u ssast_patch_mini", "-d esc50", "-f", "--fold 4", f"--ckpt {tmp_path / 'up.pt'}",
-                 "--label a", "-l 1", "-c cfgs/esc50_finetune.yaml", "-o optimizer.lr=1 -o runner.log_step=1",
-                 "--data-root D", "--device cpu"]:
-        assert part in text, part
-    assert "--resume" not in argv
-    assert "-n run1" in text
+                        data_root="D", device="cpu", cache_dir="C", results=str(tmp_path / "r.jsonl"))
+    dj = downstream_job(job, tmp_path / "up.pt", opts, "run1")
+    assert (dj.upstream, dj.task, dj.finetune, dj.fold, dj.ckpt, dj.label, dj.layer, dj.seed) == (
+        "ssast_patch_mini", "esc50", True, 4, str(tmp_path / "up.pt"), "a", 1, 1337)
+    assert dj.config == str(Path("cfgs") / "esc50_finetune.yaml")
+    assert dj.overrides == ("optimizer.lr=1", "runner.log_step=1")  # the row's, then the sweep's
+    assert (dj.data_root, dj.device, dj.cache_dir, dj.results) == ("D", "cpu", "C", str(tmp_path / "r.jsonl"))
+    assert dj.name == "run1" and dj.expdir == str(tmp_path / "downstream" / "t") and not dj.resume
     (tmp_path / "downstream" / "t" / "run1").mkdir(parents=True)
     (tmp_path / "downstream" / "t" / "run1" / "last.ckpt").write_bytes(b"")
-    assert downstream_argv(job, None, opts, "run1")[-1] == "--resume"
-    assert downstream_argv(job, None, opts, "run2")[-1] != "--resume"
+    resumed = downstream_job(job, None, opts, "run1")
+    assert resumed.resume and resumed.ckpt is None
+    assert not downstream_job(job, None, opts, "run2").resume
+    frozen = plan(_table(_row("a", MINI)), SuiteOptions(tasks=("speech_commands_v2",)))[0]
+    dj = downstream_job(frozen, None, SuiteOptions(), "x")
+    assert not dj.finetune and dj.config is None and dj.fold is None and dj.layer is None
 
 
 def test_suite_runs_every_job_once_then_skips_them(tmp_path):
@@ -105,7 +119,8 @@ def test_failed_job_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
     data = tmp_path / "data"
     make_speech_commands_v2(data)
     monkeypatch.setenv("ASTBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    table = _table(_row("missing", RunSpec("ssast_patch_400", ckpt="SSAST-Base-Patch-400.pth")), _row("ok", MINI),
+    missing = RunSpec("ssast_patch_400", ckpt="SSAST-Base-Patch-400.pth")
+    table = _table(_row("missing", missing), _row("ok", MINI),
                    columns=(Column("ks", "speech_commands_v2", "frozen", "accuracy"),))
     opts = SuiteOptions(data_root=str(data), expdir=str(tmp_path / "exp"), results=str(tmp_path / "r.jsonl"),
                         device="cpu", downstream_overrides=TINY)
@@ -119,30 +134,32 @@ def test_pretraining_is_shared_resumed_and_needs_data(tmp_path):
     import soundfile as sf
     import torch
 
-    opts = SuiteOptions(expdir=str(tmp_path / "exp"))
-    with pytest.raises(SuiteError, match="pretrain-data"):
-        ensure_pretrained(PRETRAIN, opts)
+    expdir = tmp_path / "exp"
+    with pytest.raises(PretrainRunError, match="pretrain-data"):
+        ensure_pretrained(PRETRAIN, expdir)
     audio = tmp_path / "unlabeled"
     audio.mkdir()
     for i in range(4):
         sf.write(audio / f"{i}.wav", (0.1 * torch.randn(32000)).numpy(), 16000)
-    opts.pretrain_data = str(audio)
-    out = ensure_pretrained(PRETRAIN, opts, log=lambda _: None)
-    assert out == pretrain_dir(PRETRAIN, opts) / "upstream.pt" and out.is_file()
+    out = ensure_pretrained(PRETRAIN, expdir, str(audio), log=lambda _: None)
+    assert out == pretrain_dir(PRETRAIN, expdir) / "upstream.pt" and out.is_file()
     stamp = out.stat().st_mtime_ns
-    assert ensure_pretrained(PRETRAIN, opts, log=lambda _: None) == out and out.stat().st_mtime_ns == stamp
+    assert ensure_pretrained(PRETRAIN, expdir, str(audio), log=lambda _: None) == out
+    assert out.stat().st_mtime_ns == stamp  # done: not run again
     other = RunSpec(**{**PRETRAIN.__dict__, "pretrain_overrides": PRETRAIN.pretrain_overrides + ("seed=2",)})
-    assert pretrain_dir(other, opts) != pretrain_dir(PRETRAIN, opts)
+    assert pretrain_dir(other, expdir) != pretrain_dir(PRETRAIN, expdir)
+    assert pretrain_dir(PRETRAIN, expdir, ("seed=2",)) != pretrain_dir(PRETRAIN, expdir)  # a sweep's -o
     # a run stopped early (as after a kill) is resumed to max_steps, not taken as finished
     longer = RunSpec(**{**PRETRAIN.__dict__, "pretrain_overrides": ("max_steps=3", "batch_size=2",
                                                                      "ckpt_every=1", "log_every=1")})
-    import run_pretrain
+    import pretrain
 
-    d = pretrain_dir(longer, opts)
-    assert run_pretrain.main(["-u", "ssast_patch", "-c", "configs/pretrain/ssast_patch_mini.yaml", "--data",
-                              str(audio), "-n", d.name, "--expdir", str(d.parent), "--stop-at-step", "1",
-                              *sum((["-o", o] for o in longer.pretrain_overrides), [])]) == 0
-    ensure_pretrained(longer, opts, log=lambda _: None)
+    d = pretrain_dir(longer, expdir)
+    cfg = pretrain.resolve_config("ssast_patch", longer.pretrain, longer.pretrain_overrides, out_dir=d,
+                                  data=str(audio))
+    pretrain.run(cfg, stop_at_step=1)
+    assert (d / "upstream.pt").is_file() and torch.load(d / "last.ckpt", weights_only=False)["step"] == 1
+    ensure_pretrained(longer, expdir, str(audio), log=lambda _: None)
     assert torch.load(d / "last.ckpt", weights_only=False)["step"] == 3
 
 
@@ -158,13 +175,15 @@ def test_esc50_folds_get_one_step_chosen_on_the_fold_averaged_curve(tmp_path):
                         device="cpu", downstream_overrides=TINY + ("optimizer.lr=0.05",))
     assert run_suite(table, opts, log=lambda _: None).ok
     recs = results.load(opts.results)
-    chosen = sorted((r for r in recs if r.split == results.ESC50_SELECTED_SPLIT), key=lambda r: r.fold)
+    chosen = sorted((r for r in recs if r.split == FOLD_AVERAGED_SPLIT), key=lambda r: r.fold)
     assert [r.fold for r in chosen] == [1, 2, 3, 4, 5] and len({r.step for r in chosen}) == 1
     # by hand: the fold curves from evals.jsonl, their mean, its first argmax
     curves = []
     for fold in range(1, 6):
-        lines, = (tmp_path / "exp" / "downstream" / "t").glob(f"a_esc50_fold{fold}_frozen_seed1337-*/evals.jsonl")
-        curves.append({int(e["step"]): e["accuracy"] for e in map(json.loads, lines.read_text().splitlines())})
+        runs = tmp_path / "exp" / "downstream" / "t"
+        lines, = runs.glob(f"a_esc50_fold{fold}_frozen_seed1337-*/evals.jsonl")
+        evals = map(json.loads, lines.read_text().splitlines())
+        curves.append({int(e["step"]): e["accuracy"] for e in evals})
     steps = sorted(curves[0])
     best = steps[int(np.argmax([np.mean([c[s] for c in curves]) for s in steps]))]
     assert chosen[0].step == best
@@ -173,18 +192,19 @@ def test_esc50_folds_get_one_step_chosen_on_the_fold_averaged_curve(tmp_path):
     assert len(results.load(opts.results)) == len(recs)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_under_torchrun_with_one_process_group(tmp_path):
-    """2 gloo ranks: pretraining and every job share the sweep's process group, rank 0 alone writes records."""
+    """2 gloo ranks: pretraining and every job share the sweep's process group; only rank 0 writes records."""
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     script = tmp_path / "sweep.py"
     script.write_text("import sys\nfrom pathlib import Path\nfrom benchmark.demo import run_demo\n"
                       "from tests.test_demo import TOY\n"
-                      "sys.exit(run_demo(Path(sys.argv[1]), TOY, device='cpu', rows=('ssast_pretrained',)))\n")
+                      "sys.exit(run_demo(Path(sys.argv[1]), TOY, device='cpu', "
+                      "rows=('ssast_pretrained',)))\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo), ASTBENCH_CACHE=str(tmp_path / "cache"))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -218,14 +238,15 @@ def test_named_pretraining_corpora(tmp_path):
     assert default == str(tmp_path / "x") and corpora == {k: str(v) for k, v in dirs.items()}
     with pytest.raises(SuiteError, match="twice"):
         _parse_pretrain_data(["a", "b"])
-    opts = SuiteOptions(expdir=str(tmp_path / "exp"), pretrain_data=default, pretrain_corpora=corpora)
+    expdir = tmp_path / "exp"
     one = RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("librispeech",)})
     both = RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("audioset", "librispeech")})
-    assert pretrain_data(PRETRAIN, opts, pretrain_dir(PRETRAIN, opts)) == default
-    assert pretrain_data(one, opts, pretrain_dir(one, opts)) == str(dirs["librispeech"])
-    manifest = pretrain_data(both, opts, pretrain_dir(both, opts))
+    assert pretrain_data(PRETRAIN, default, corpora, pretrain_dir(PRETRAIN, expdir)) == default
+    assert pretrain_data(one, default, corpora, pretrain_dir(one, expdir)) == str(dirs["librispeech"])
+    manifest = pretrain_data(both, default, corpora, pretrain_dir(both, expdir))
     paths = [json.loads(line)["path"] for line in open(manifest)]
     assert len(paths) == 5 and sum("librispeech" in p for p in paths) == 3
-    assert len({pretrain_dir(r, opts) for r in (PRETRAIN, one, both)}) == 3  # each corpus set pretrains apart
-    with pytest.raises(SuiteError, match=r"\['wavs'\]"):
-        pretrain_data(RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("wavs",)}), opts, tmp_path / "o")
+    assert len({pretrain_dir(r, expdir) for r in (PRETRAIN, one, both)}) == 3  # each corpus set apart
+    with pytest.raises(PretrainRunError, match=r"\['wavs'\]"):
+        wavs = RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("wavs",)})
+        pretrain_data(wavs, default, corpora, tmp_path / "o")

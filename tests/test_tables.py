@@ -5,10 +5,12 @@ import statistics
 
 import pytest
 
-from benchmark import results
-from benchmark.published import Column, PaperTable, Row
+from benchmark.cells import cell_stats
 from benchmark.provenance import Provenance
-from benchmark.tables import cell_stats, main_tables, to_csv, to_latex, to_markdown, write_tables
+from benchmark.published import Column, PaperTable, Row
+from benchmark.tables import main_tables, to_csv, to_latex, to_markdown, write_tables
+from downstream import results
+from downstream.tasks import FOLD_AVERAGED_SPLIT
 
 # these tests are about aggregation: the rows have no run specification and the records no configuration, so
 # the label alone decides (tests/test_provenance.py checks the specification)
@@ -32,7 +34,7 @@ def rec(label="ours_a", task="esc50", value=0.7, seed=1, fold=None, ts="2024-01-
 ESC_VALUES = {1: [0.70, 0.72, 0.74, 0.71, 0.73], 2: [0.69, 0.70, 0.75, 0.72, 0.74]}
 
 
-def esc_records(split=results.ESC50_SELECTED_SPLIT):
+def esc_records(split=FOLD_AVERAGED_SPLIT):
     """ESC-50 records as the suites write them: each fold at the step chosen on the fold-averaged curve."""
     return [rec(value=v, seed=s, fold=f + 1, split=split) for s, vals in ESC_VALUES.items()
             for f, v in enumerate(vals)]
@@ -94,7 +96,8 @@ def test_renderers():
     lines = to_csv(TABLE, records, provenance=OFF).splitlines()
     assert lines[0].startswith("table,row,paper_label,column") and "ours_mean,ours_std,n" in lines[0]
     assert lines[1].startswith("demo_tab,ours_a,Model_A,esc50,esc50,finetune,accuracy,72.0,0.0,10,2,5,5,true")
-    assert lines[2] == "demo_tab,ours_a,Model_A,ks2,speech_commands_v2,finetune,accuracy,,,0,0,0,0,,false,false,98.0,ours,"
+    assert lines[2] == ("demo_tab,ours_a,Model_A,ks2,speech_commands_v2,finetune,accuracy,,,0,0,0,0,,false,"
+                        "false,98.0,ours,")
     tex = to_latex(TABLE, records, provenance=OFF)
     assert r"Demo\_table 100\% \& more" in tex and r"Model\_A" in tex
     assert r"72.0 $\pm$ 0.0 (72.6)" in tex and "-- (98.0)" in tex and r"\toprule" in tex
@@ -164,7 +167,7 @@ def test_a_table_without_published_numbers_shows_ours_only():
     """The demo's table has no paper column: no '(—)' beside every cell, and missing cells still say so."""
     from dataclasses import replace
 
-    from benchmark.tables import has_paper_numbers
+    from benchmark.cells import has_paper_numbers
 
     bare = replace(TABLE, rows=tuple(replace(r, values={k: None for k in r.values}) for r in TABLE.rows))
     assert has_paper_numbers(TABLE) and not has_paper_numbers(bare)

@@ -10,7 +10,8 @@ from upstream.frontend import AudioError
 MINI = [n for n in upstream.list_upstreams() if n.endswith("_mini")]
 # MAE-AST's official padding counts a partly padded patch as valid, so a padded batch differs from one
 # clip alone in the last patch (s3prl does the same). partial_patch_valid=False makes it batch-exact.
-BATCH_EXACT = {"mae_ast_patch_mini": {"partial_patch_valid": False}, "mae_ast_frame_mini": {"partial_patch_valid": False}}
+BATCH_EXACT = {"mae_ast_patch_mini": {"partial_patch_valid": False},
+               "mae_ast_frame_mini": {"partial_patch_valid": False}}
 
 
 def _waves(sr: int, secs: list[float], seed: int = 0) -> list[torch.Tensor]:
@@ -68,7 +69,8 @@ def test_forward_contract_and_backward(name):
         assert torch.isfinite(h).all()
     loss = sum(h.pow(2).mean() for h in hs) + out["clip"].pow(2).mean()
     loss.backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert not no_grad, f"parameters without gradient: {no_grad}"
 
 
@@ -84,8 +86,8 @@ def test_padded_batch_equals_one_clip_at_a_time(name):
             n = int(one["lengths"][0])
             assert int(batch["lengths"][i]) == n
             for layer in (0, -1):
-                torch.testing.assert_close(batch["hidden_states"][layer][i, :n], one["hidden_states"][layer][0, :n],
-                                           atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(batch["hidden_states"][layer][i, :n],
+                                           one["hidden_states"][layer][0, :n], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(batch["clip"][i], one["clip"][0], atol=1e-5, rtol=1e-4)
 
 
@@ -116,7 +118,8 @@ def test_bad_waveforms_get_clear_errors():
 
 @pytest.mark.parametrize("partial_valid", [True, False])
 def test_clip_shorter_than_one_patch_alone_equals_it_in_a_batch(partial_valid):
-    """MAE-AST patch: a 0.05 s clip (3 frames < a 16-frame patch) alone gives what it gives beside a longer clip."""
+    """MAE-AST patch: a 0.05 s clip (3 frames < a 16-frame patch) alone gives what it gives beside a longer
+    clip."""
     mae = upstream.load("mae_ast_patch_mini", partial_patch_valid=partial_valid).eval()
     g = torch.Generator().manual_seed(0)
     short, longer = torch.randn(800, generator=g) * 0.1, torch.randn(16000, generator=g) * 0.1
@@ -158,9 +161,9 @@ def test_ssast_custom_strides_adapt_the_position_table(tmp_path):
     model = upstream.load("ssast_patch_mini").eval()  # s3prl geometry: 1 s windows, stride 10 -> 12 x 9
     path = tmp_path / "m.pt"
     model.save(path)
-    other = upstream.load("ssast_patch_mini", ckpt=path, window_secs=2.0)
+    other = upstream.load("ssast_patch_mini", ckpt=path, target_length=200)
     assert other.encoder.cfg.grid == (12, 19) and other.get_downsample_rates() == 1600
     assert other.encoder.pos_embed.shape[1] == 2 + 12 * 19
     # fewer frequency rows than stored hits the original's t_dim slice: refused with the reason
     with pytest.raises(ValueError, match="cannot map a 12x9 grid to 8x12"):
-        upstream.load("ssast_patch_mini", ckpt=path, fstride=16, tstride=16, window_secs=2.0)
+        upstream.load("ssast_patch_mini", ckpt=path, fstride=16, tstride=16, target_length=200)

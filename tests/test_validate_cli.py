@@ -1,5 +1,6 @@
 """The plug-in contract's validator, ``python -m benchmark validate``: it catches each way the issue's tinycnn
-upstream failed (missing int attributes, no clip_size, no front end) before a run does, and what -f needs."""
+upstream failed (missing int attributes, no clip_size, no augmentation hook) before a run does, and what -f
+needs."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from benchmark.__main__ import main
-from downstream.augment import AugmentationSkipped, AugmentConfig, attach_to_frontend
+from downstream.augment import AugmentationSkipped, AugmentConfig, SpecAugment, attach
 from downstream.validate import errors, validate_builder, validate_upstream
 
 ME = "tests.test_validate_cli"
@@ -30,9 +31,7 @@ class TinyCNN(nn.Module):
             self.hidden_size, self.num_layers = 8, 2
         if kind not in ("no_attributes", "no_clip_size"):
             self.clip_size = 8
-        if kind in ("frontend", "stale_frontend"):
-            self.frontend = _Frames()
-            self._kept = self.frontend  # 'stale_frontend' calls this reference, not self.frontend
+        self.augment = None  # what set_input_augment was given (the 'hook' kinds have that method)
 
     def get_downsample_rates(self, key: str = "hidden_states") -> int:
         return 160
@@ -41,12 +40,13 @@ class TinyCNN(nn.Module):
         lengths = torch.tensor([math.ceil(w.numel() / 160) for w in wavs])
         x = nn.utils.rnn.pad_sequence(wavs, batch_first=True)
         x = nn.functional.pad(x, (0, int(lengths.max()) * 160 - x.shape[1]))
-        if self.kind in ("frontend", "stale_frontend"):
-            fe = self._kept if self.kind == "stale_frontend" else self.frontend
-            feats, _ = fe(x, lengths * 160)  # (B, T, 160)
-            h1 = self.conv(feats.reshape(len(wavs), 1, -1)).transpose(1, 2)
-        else:
-            h1 = self.conv(x[:, None]).transpose(1, 2)  # (B, T, 8)
+        hooked = self.kind in ("hook", "ignored_hook", "unused_hook")
+        if hooked and self.training and self.augment is not None:
+            frames = x.reshape(len(wavs), -1, 160)  # (B, T, 160): the input the hook augments
+            augmented = self.augment(frames, 0.0)
+            if self.kind == "hook":  # 'unused_hook' calls it but keeps its input; 'ignored_hook' never does
+                x = augmented.reshape(len(wavs), -1)
+        h1 = self.conv(x[:, None]).transpose(1, 2)  # (B, T, 8)
         if self.kind == "no_grad":
             h1 = h1.detach()
         h2 = self.layer(h1)
@@ -57,11 +57,13 @@ class TinyCNN(nn.Module):
         return {"hidden_states": [h1, h2], "last_hidden_state": h2, "clip": clip, "lengths": lengths}
 
 
-class _Frames(nn.Module):
-    """A front end: waveform (B, S) -> frames (B, T, 160), the contract's ``frontend(waveforms, lengths)``."""
+class HookedCNN(TinyCNN):
+    """TinyCNN with the contract's ``set_input_augment`` hook; ``kind`` says whether forward honours it."""
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
-        return waveforms.reshape(len(waveforms), -1, 160), torch.div(lengths + 159, 160, rounding_mode="floor")
+    def set_input_augment(self, augment) -> None:
+        if self.kind == "ignored_hook":
+            return
+        self.augment = augment
 
 
 def builder(ckpt=None, **overrides):
@@ -80,12 +82,16 @@ def no_ckpt_keyword():
     return TinyCNN()
 
 
-def with_frontend(ckpt=None):
-    return TinyCNN("frontend")
+def with_hook(ckpt=None):
+    return HookedCNN("hook")
 
 
-def stale_frontend(ckpt=None):
-    return TinyCNN("stale_frontend")
+def ignored_hook(ckpt=None):
+    return HookedCNN("ignored_hook")
+
+
+def unused_hook(ckpt=None):
+    return HookedCNN("unused_hook")
 
 
 def no_grad(ckpt=None):
@@ -110,21 +116,24 @@ def test_the_issues_three_failures_are_caught_up_front(capsys):
         assert f"error: {attr} must be a positive int attribute" in err
     assert "README 'Plug in your own upstream'" in err
     code, _, err = _validate(capsys, f"{ME}:no_clip_size")
-    assert code == 3 and "clip_size must be a positive int attribute (read by the PSLA fine-tuning head" in err
-    code, out, err = _validate(capsys, f"{ME}:builder")  # no front end: fine, with the augmentation warning
+    assert code == 3
+    assert "clip_size must be a positive int attribute (read by the PSLA fine-tuning head" in err
+    code, out, err = _validate(capsys, f"{ME}:builder")  # no augment hook: fine, with a warning
     assert code == 0 and "honours the upstream contract (frozen and -f checks, 1 warning(s)" in out
-    assert "warning: (-f) no .frontend module: the PSLA fine-tuning configs' SpecAugment" in err
-    assert "front end none" in out
+    assert "warning: (-f) no set_input_augment hook: the PSLA fine-tuning configs' SpecAugment" in err
+    assert "augment hook none" in out
 
 
-def test_fine_tuning_needs_gradients_and_a_frontend_that_forward_calls(capsys):
+def test_fine_tuning_needs_gradients_and_an_augment_hook_that_forward_honours(capsys):
     code, _, err = _validate(capsys, f"{ME}:no_grad")
     assert code == 3 and "(-f) no gradient reaches the upstream's parameters" in err
     assert _validate(capsys, f"{ME}:no_grad", "--frozen-only")[0] == 0  # a frozen probe does not need them
-    code, out, err = _validate(capsys, f"{ME}:with_frontend")
-    assert code == 0 and "front end yes" in out and "warning" not in err
-    code, _, err = _validate(capsys, f"{ME}:stale_frontend")
-    assert code == 3 and "replacing .frontend does not change forward's output" in err
+    code, out, err = _validate(capsys, f"{ME}:with_hook")
+    assert code == 0 and "augment hook yes" in out and "warning" not in err
+    code, _, err = _validate(capsys, f"{ME}:ignored_hook")
+    assert code == 3 and "never calls the augmentation given to set_input_augment" in err
+    code, _, err = _validate(capsys, f"{ME}:unused_hook")
+    assert code == 3 and "ignores what the augmentation given to set_input_augment returns" in err
 
 
 def test_builder_signature_ckpt_and_overrides(capsys, tmp_path):
@@ -132,7 +141,8 @@ def test_builder_signature_ckpt_and_overrides(capsys, tmp_path):
     assert code == 0 and "takes no 'ckpt' keyword: --ckpt will fail" in err
     ckpt = tmp_path / "w.pt"
     ckpt.write_bytes(b"weights")
-    assert _validate(capsys, f"{ME}:saves_nothing", "--ckpt", str(ckpt))[0] == 0  # called as builder(ckpt=...)
+    # called as builder(ckpt=...)
+    assert _validate(capsys, f"{ME}:saves_nothing", "--ckpt", str(ckpt))[0] == 0
     code, _, err = _validate(capsys, f"{ME}:saves_nothing")  # builder() without ckpt: its error, on one line
     assert code == 3 and "the builder raised AssertionError" in err
     code, _, err = _validate(capsys, f"{ME}:builder", "-o", "kind=no_grad")  # -o reaches the builder
@@ -145,7 +155,8 @@ def test_builder_signature_ckpt_and_overrides(capsys, tmp_path):
 def test_registered_upstreams_pass_and_missing_checkpoints_name_the_download(capsys, tmp_path, monkeypatch):
     assert _validate(capsys, "mae_ast_patch_mini")[0] == 0
     model, problems = validate_builder("ssast_patch_mini")
-    assert not errors(problems) and model.frontend is not None
+    assert not errors(problems)
+    assert not any("set_input_augment" in p for p in problems)  # it has the hook, and forward honours it
     monkeypatch.setenv("ASTBENCH_CHECKPOINTS", str(tmp_path))
     code, _, err = _validate(capsys, "ssast_patch_400")
     assert code == 3 and "python -m benchmark download ssast_patch_400" in err
@@ -160,22 +171,24 @@ def test_existing_plugin_and_shape_errors_still_reported():
     assert "clip width 8 != clip_size 5" in errors(validate_upstream(wide))
 
 
-def test_augmentation_without_a_frontend_is_skipped_with_a_warning():
+def test_augmentation_without_the_hook_is_skipped_with_a_warning():
     up = TinyCNN()
-    with pytest.warns(AugmentationSkipped, match="freqm=24, timem=96, noise=True skipped: TinyCNN has no .frontend"):
-        assert attach_to_frontend(up, AugmentConfig(freqm=24, timem=96, noise=True), torch.Generator()) is False
+    with pytest.warns(AugmentationSkipped, match="freqm=24, timem=96, noise=True skipped: TinyCNN has no "
+                                                 "set_input_augment hook"):
+        assert attach(up, AugmentConfig(freqm=24, timem=96, noise=True), torch.Generator()) is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # mixup only: nothing to skip, no warning
-        assert attach_to_frontend(up, AugmentConfig(mixup=0.5), torch.Generator()) is False
-    fe = TinyCNN("frontend")
-    assert attach_to_frontend(fe, AugmentConfig(freqm=2), torch.Generator()) is True
-    assert type(fe.frontend).__name__ == "AugmentedFrontend"
+        assert attach(up, AugmentConfig(mixup=0.5), torch.Generator()) is False
+    hooked = HookedCNN("hook")
+    assert attach(hooked, AugmentConfig(freqm=2), torch.Generator()) is True
+    assert isinstance(hooked.augment, SpecAugment) and hooked.augment.cfg.freqm == 2
 
 
-def test_a_finetuned_psla_run_of_a_plugin_without_frontend_trains(tmp_path):
-    """The issue's third failure: -f on ESC-50 with the recipe's SpecAugment, for an upstream without a front end."""
+def test_a_finetuned_psla_run_of_a_plugin_without_the_hook_trains(tmp_path):
+    """The issue's third failure: -f on ESC-50 with the recipe's SpecAugment, for an upstream without the
+    hook."""
     import run_downstream
-    from benchmark import results
+    from downstream import results
     from tests.layouts import make_esc50
 
     make_esc50(tmp_path / "data")

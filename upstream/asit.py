@@ -2,64 +2,136 @@
 
 Reference code: Sara-Ahmed/ASiT (``vision_transformer.py``, ``main_ASiT.py``, ``data_transformations.py``).
 
-A pre-norm ViT with one cls token over 32 kHz log-mels cut or padded to ``num_frames`` (592); time is the
+A pre-norm ViT with one cls token over 32 kHz log-mels cut or padded to ``target_length`` frames (592; the
+official ``num_frames``); time is the
 image height, so tokens are time-major. No weights were released; the upstream reads the official
 training-checkpoint layout (teacher backbone by default, as DINO-style methods evaluate) and checkpoints
-this project pretrains. Long audio is cut into windows of exactly ``num_frames`` fbank frames so the
+this project pretrains. Long audio is cut into windows of exactly ``target_length`` fbank frames so the
 concatenated tokens stay on one time grid.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    RawCheckpoint,
+    block_depth,
+    infer_num_heads,
+    read_checkpoint,
+    require_keys,
+    resolve_checkpoint,
+    timm_block_state,
+)
+from .config import UpstreamConfig
+from .corruption import asit_corrupt
 from .encoder import ASTEncoder, EncoderConfig
 from .frontend import FbankConfig
-from .interface import Upstream, UpstreamConfig, upstream_with_weights
-from .masking import asit_corrupt
-from .objective import Objective, dino_param_groups, override_encoder, parse_objective_config
-from .registry import check_overrides, register_upstream, resolve_checkpoint
-from .tokenizer import unpatchify
+from .interface import Upstream, upstream_with_weights
+from .objective import Objective, block_train_flops, dino_param_groups, linear_flops, override_encoder
+from .registry import FamilySpec, PretrainShortcut, check_overrides, register_family, register_upstream
+from .tokenizer import convert_patch_weight, unpatchify
 
 SIZES = {  # vision_transformer.py vit_small / vit_base; 'mini' is a test-size model of this project
     "mini": dict(embed_dim=64, depth=2, num_heads=4),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     "base": dict(embed_dim=768, depth=12, num_heads=12),
 }
-NUM_FRAMES = 592  # 6 s at 32 kHz = 598 frames, cut to 37 x 16
-OVERRIDES = {"backbone", "pooling", "random_init", "model_size", "num_frames", "num_heads"}
+TARGET_LENGTH = 592  # fbank frames per input (official num_frames): 6 s at 32 kHz, 598 frames, cut to 37x16
+OVERRIDES = {"backbone", "pooling", "random_init", "model_size", "target_length", "num_heads"}
 
 
-def encoder_config(size: str, num_frames: int = NUM_FRAMES) -> EncoderConfig:
-    return EncoderConfig(**SIZES[size], fshape=16, tshape=16, fstride=16, tstride=16, input_tdim=num_frames,
-                         token_order="time_major", num_prefix_tokens=1, pos_embed="learned", norm_first=True,
-                         norm_eps=1e-6)
+def encoder_config(size: str, target_length: int = TARGET_LENGTH) -> EncoderConfig:
+    return EncoderConfig(**SIZES[size], fshape=16, tshape=16, fstride=16, tstride=16,
+                         input_tdim=target_length, token_order="time_major", num_prefix_tokens=1,
+                         pos_embed="learned", norm_first=True, norm_eps=1e-6)
 
 
 def build_asit(name: str, size: str, ckpt=None, **overrides) -> Upstream:
     check_overrides(name, overrides, OVERRIDES)
     path = resolve_checkpoint(name, ckpt, None, overrides.get("random_init", False))
-    raw = (read_checkpoint(path, asit_backbone=overrides.get("backbone", "teacher"), num_heads=overrides.get("num_heads"))
-           if path is not None else None)
+    raw = (read_checkpoint(path, backbone=overrides.get("backbone", "teacher"),
+                           num_heads=overrides.get("num_heads")) if path is not None else None)
     if raw is not None:
         if raw.family != "asit":
-            raise CheckpointError(f"{raw.path} is a {raw.family} checkpoint, but {name!r} is an ASiT upstream")
+            raise CheckpointError(f"{raw.path} is a {raw.family} checkpoint, but {name!r} is an ASiT "
+                                  f"upstream")
         enc = raw.encoder
+        if overrides.get("target_length", enc.input_tdim) != enc.input_tdim:  # its position table fixes it
+            raise ValueError(f"upstream {name!r}: target_length={overrides['target_length']}, but {raw.path} "
+                             f"was trained on {enc.input_tdim}-frame inputs; leave target_length out")
     else:
-        enc = encoder_config(overrides.get("model_size", size), overrides.get("num_frames", NUM_FRAMES))
+        enc = encoder_config(overrides.get("model_size", size), overrides.get("target_length", TARGET_LENGTH))
     frontend = FbankConfig.asit(enc.input_tdim)
-    if raw is not None and raw.extra.get("data_mean") is not None:  # the stats the checkpoint was trained with
+    if raw is not None and raw.extra.get("data_mean") is not None:  # the stats it was trained with
         frontend.norm_mean, frontend.norm_std = float(raw.extra["data_mean"]), float(raw.extra["data_std"])
     if raw is not None and raw.source == "astbench":
         frontend = raw.extra["upstream_config"].frontend
-    cfg = UpstreamConfig("asit", enc, frontend, window_frames=enc.input_tdim, window_mode="exact",
+    cfg = UpstreamConfig("asit", enc, frontend, window_mode="exact",
                          pooling=overrides.get("pooling", "mean"))
     return upstream_with_weights(cfg, name, raw)
+
+
+# ------------------------------------------------------------------------------------- official checkpoint
+ASIT_ARCH_HEADS = {"vit_small": 6, "vit_base": 12}  # ASiT vision_transformer.py factories
+
+
+def is_official_checkpoint(obj: dict) -> bool:
+    """``main_ASiT.py``'s ``save_dict``: ``teacher`` and ``student`` at the top level."""
+    return "teacher" in obj and "student" in obj
+
+
+def read_official_checkpoint(obj: dict, path: Path, sha: str, *, backbone: str = "teacher",
+                             num_heads: int | None = None) -> RawCheckpoint:
+    """An ASiT ``checkpoint.pth``: the ``teacher`` backbone (keys ``backbone.*``, the default, as DINO-style
+    methods evaluate) or the ``student`` one (``module.backbone.*``); the input length from the position
+    table, the head count from ``args.arch`` (or 64-d heads, warned) unless given."""
+    if backbone not in ("teacher", "student"):
+        raise ValueError(f"asit backbone must be 'teacher' or 'student', got {backbone!r}")
+    sd = obj[backbone]
+    prefix = "module.backbone." if backbone == "student" else "backbone."
+    if backbone == "student" and not any(k.startswith(prefix) for k in sd):
+        prefix = "backbone."
+    require_keys(sd, [f"{prefix}cls_token", f"{prefix}pos_embed", f"{prefix}patch_embed.proj.weight",
+                      f"{prefix}norm.weight"], path, f"ASiT ({backbone})")
+    w = sd[f"{prefix}patch_embed.proj.weight"]  # (D, 1, 16, 16) over (B, 1, T, F)
+    D, kt, kf = w.shape[0], w.shape[2], w.shape[3]
+    depth = block_depth(sd, f"{prefix}blocks.")
+    pos = sd[f"{prefix}pos_embed"]
+    n_f = 128 // kf
+    if (pos.shape[1] - 1) % n_f:
+        raise CheckpointError(f"ASiT checkpoint {path}: pos_embed rows {pos.shape[1]} - 1 not a multiple of "
+                              f"{n_f}")
+    num_frames = kt * (pos.shape[1] - 1) // n_f
+    args = obj.get("args")
+    args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
+    if num_heads is None and args.get("arch") in ASIT_ARCH_HEADS:
+        num_heads = ASIT_ARCH_HEADS[args["arch"]]
+    elif num_heads is None:
+        warnings.warn(f"ASiT checkpoint {path}: arch {args.get('arch')!r} does not fix the head count; "
+                      f"assuming {max(1, D // 64)} (64-d heads). Pass num_heads=... if it was trained "
+                      f"otherwise.", stacklevel=2)
+    enc = EncoderConfig(embed_dim=D, depth=depth, num_heads=infer_num_heads(D, num_heads, path), fshape=kf,
+                        tshape=kt, fstride=kf, tstride=kt, input_fdim=128, input_tdim=num_frames,
+                        token_order="time_major", num_prefix_tokens=1, pos_embed="learned")
+    state = {
+        "prefix_tokens": sd[f"{prefix}cls_token"], "pos_embed": pos,
+        "patch_embed.proj.weight": convert_patch_weight(w, "asit", kf, kt),
+        "patch_embed.proj.bias": sd[f"{prefix}patch_embed.proj.bias"],
+        "norm.weight": sd[f"{prefix}norm.weight"], "norm.bias": sd[f"{prefix}norm.bias"],
+        **timm_block_state(sd, prefix, depth, path),
+    }
+    extra = {"num_frames": num_frames, "backbone": backbone, "epoch": obj.get("epoch"),
+             "data_mean": args.get("data_mean"), "data_std": args.get("data_std")}
+    return RawCheckpoint("asit", "official", str(path), sha, enc, state, extra)
+
 
 
 # ------------------------------------------------------------------------------------------ pretraining
@@ -77,7 +149,7 @@ class ASiTPretrainConfig:
     """Group masked model learning + local/global self-distillation (``main_ASiT.py`` defaults)."""
 
     size: str = "base"
-    num_frames: int = NUM_FRAMES
+    target_length: int = TARGET_LENGTH  # fbank frames per view (official num_frames)
     crop_secs: float = 6.0  # two random 6 s crops per clip
     out_dim_cls: int = 8192
     out_dim_data: int = 1024
@@ -102,7 +174,7 @@ class ASiTPretrainConfig:
     aligned_blocks: bool = False  # snap the blocks to the 16 x 16 patch grid (--drop_align 16, Section 4.4)
     norm_mean: float = -4.2677393
     norm_std: float = 4.5689974
-    head_hidden: int | None = None  # CLSHead hidden_dim / bottleneck_dim, RECHead hidden_dim / bottleneck_dim;
+    head_hidden: int | None = None  # CLSHead hidden_dim / bottleneck_dim, RECHead hidden / bottleneck dims;
     head_bottleneck: int | None = None  # None = HEADS[size]
     rec_hidden: int | None = None
     rec_bottleneck: int | None = None
@@ -117,7 +189,8 @@ class ASiTPretrainConfig:
             raise ValueError("ASiT aligned_blocks=true needs corrupt=true (there are no blocks to align)")
 
     def head_sizes(self) -> dict:
-        return {k: HEADS[self.size][k] if getattr(self, k) is None else getattr(self, k) for k in HEADS[self.size]}
+        return {k: HEADS[self.size][k] if getattr(self, k) is None else getattr(self, k)
+                for k in HEADS[self.size]}
 
 
 def _trunc_normal_linears(mlp: nn.Sequential) -> None:
@@ -187,13 +260,14 @@ class ASiTObjective(Objective):
         super().__init__()
         self.cfg = cfg
         overrides = {"drop_path": cfg.drop_path, **cfg.encoder}
-        enc_cfg = override_encoder(encoder_config(cfg.size, cfg.num_frames), overrides, "asit")
+        enc_cfg = override_encoder(encoder_config(cfg.size, cfg.target_length), overrides, "asit")
         self.encoder = ASTEncoder(enc_cfg)  # student
         D, h = enc_cfg.embed_dim, cfg.head_sizes()
         self.head = CLSHead(D, h["head_hidden"], h["head_bottleneck"], cfg.out_dim_cls, cfg.out_dim_data)
         self.rec_head = RECHead(D, h["rec_hidden"], h["rec_bottleneck"])
         self.teacher = ASTEncoder(EncoderConfig.from_dict({**enc_cfg.to_dict(), "drop_path": 0.0}))
-        self.teacher_head = CLSHead(D, h["head_hidden"], h["head_bottleneck"], cfg.out_dim_cls, cfg.out_dim_data)
+        self.teacher_head = CLSHead(D, h["head_hidden"], h["head_bottleneck"], cfg.out_dim_cls,
+                                    cfg.out_dim_data)
         self.teacher.load_state_dict(self.encoder.state_dict())
         self.teacher_head.load_state_dict(self.head.state_dict())
         for p in list(self.teacher.parameters()) + list(self.teacher_head.parameters()):
@@ -205,17 +279,16 @@ class ASiTObjective(Objective):
         # n_patch]. A plain attribute, not a buffer: DDP broadcasts rank 0's buffers before every forward,
         # which would overwrite the other ranks' sums. Reset by after_step.
         self._center_sums: torch.Tensor | None = None
-        self.frontend = FbankConfig.asit(cfg.num_frames)
+        self.frontend = FbankConfig.asit(cfg.target_length)
         self.frontend.norm_mean, self.frontend.norm_std = cfg.norm_mean, cfg.norm_std
         self.crop_secs = cfg.crop_secs
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """DINO's groups (``utils.get_params_groups`` on the student): no decay for biases and 1-D parameters."""
+        """DINO's groups (``utils.get_params_groups`` on the student): no decay for biases, 1-D parameters."""
         return dino_param_groups(self, weight_decay)
 
     def upstream_config(self) -> UpstreamConfig:
-        return UpstreamConfig("asit", self.teacher.cfg, self.frontend, window_frames=self.cfg.num_frames,
-                              window_mode="exact")
+        return UpstreamConfig("asit", self.teacher.cfg, self.frontend, window_mode="exact")
 
     def to_upstream(self) -> Upstream:
         up = Upstream(self.upstream_config())
@@ -232,13 +305,15 @@ class ASiTObjective(Objective):
         frac = (self.step.float() / max(c.warmup_teacher_temp_steps - 1, 1)).clamp(max=1.0)
         return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * frac
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None, generator: torch.Generator | None = None,
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None,
+                generator: torch.Generator | None = None,
                 corruption: tuple[torch.Tensor, torch.Tensor] | None = None):
         """fbank (B, 2, T, F): two normalised views per clip -> (loss, logs).
 
         ``corruption``: the student's views and where they were corrupted, ``(corrupted (B, 2, T, F),
         mask (B, 2, T, F) bool)``, e.g. what the official data pipeline drew for a golden fixture; default:
-        drawn from ``generator`` by :func:`~upstream.masking.asit_corrupt` (or none with ``corrupt=False``).
+        drawn from ``generator`` by :func:`~upstream.corruption.asit_corrupt` (or none with
+        ``corrupt=False``).
         """
         c = self.cfg
         B, V, T, Fb = fbank.shape
@@ -248,8 +323,9 @@ class ASiTObjective(Objective):
             corrupted, mask = corruption
             if tuple(corrupted.shape) != tuple(fbank.shape) or tuple(mask.shape) != tuple(fbank.shape) \
                     or mask.dtype != torch.bool:
-                raise ValueError(f"ASiT corruption must be (views, bool mask), both shaped {tuple(fbank.shape)}; "
-                                 f"got {tuple(corrupted.shape)} and {mask.dtype} {tuple(mask.shape)}")
+                raise ValueError(f"ASiT corruption must be (views, bool mask), both shaped "
+                                 f"{tuple(fbank.shape)}; got {tuple(corrupted.shape)} and {mask.dtype} "
+                                 f"{tuple(mask.shape)}")
             corrupted, mask = corrupted.reshape(B * V, T, Fb), mask.reshape(B * V, T, Fb)
         elif c.corrupt:
             corrupted, mask = asit_corrupt(clean, drop_perc=tuple(c.drop_perc), drop_replace=c.drop_replace,
@@ -334,9 +410,34 @@ class ASiTObjective(Objective):
         torch._foreach_add_(teacher, student, alpha=1 - m)
         self.step += 1
 
+    def step_flops(self, num_frames: int) -> float:
+        """Analytic FLOPs of one training step per clip of ``num_frames`` fbank frames
+        (:func:`~upstream.objective.block_train_flops`), per view: the student (patch embedding, encoder over
+        1 + N tokens, DINO head MLP on all tokens and its last layers to K_cls on the class token and K_data
+        on the patch tokens, the reconstruction head on N tokens), trained; the teacher encoder and DINO
+        head, forward only."""
+        e = self.encoder.cfg
+        D, r, patch = e.embed_dim, e.mlp_ratio, e.fshape * e.tshape
+        n_f, n_t = self.encoder.grid_for(num_frames)
+        N = n_f * n_t
+        L = N + e.num_prefix_tokens
+        mlp = self.head.mlp
+        hidden, bottleneck = mlp[0].out_features, mlp[4].out_features
+        k_cls, k_data = self.head.cls_v.shape[0], self.head.data_v.shape[0]
+        rec = self.rec_head.mlp
+        rec_hidden, rec_bottleneck = rec[0].out_features, rec[4].out_features
 
-def build_objective(cfg: dict) -> ASiTObjective:
-    return ASiTObjective(parse_objective_config(ASiTPretrainConfig, cfg, "asit"))
+        def dino_head(train: bool) -> float:
+            return (linear_flops(L, D, hidden, train) + linear_flops(L, hidden, hidden, train)
+                    + linear_flops(L, hidden, bottleneck, train) + linear_flops(1, bottleneck, k_cls, train)
+                    + linear_flops(N, bottleneck, k_data, train))
+
+        student = (linear_flops(N, patch, D) + block_train_flops(L, D, e.depth, r) + dino_head(True)
+                   + linear_flops(N, D, rec_hidden) + linear_flops(N, rec_hidden, rec_hidden)
+                   + linear_flops(N, rec_hidden, rec_bottleneck) + linear_flops(N, rec_bottleneck, patch))
+        teacher = (linear_flops(N, patch, D, False) + block_train_flops(L, D, e.depth, r, False)
+                   + dino_head(False))
+        return self.num_views * (student + teacher)
 
 
 def _register(name: str, size: str, desc: str, random_default: bool) -> None:
@@ -346,9 +447,20 @@ def _register(name: str, size: str, desc: str, random_default: bool) -> None:
         return build_asit(name, size, ckpt, **overrides)
 
     builder.__doc__ = desc
-    register_upstream(name, desc)(builder)
+    register_upstream(name, desc, family="asit")(builder)
 
 
 _register("asit_base", "base", "ASiT ViT-B/16 at 32 kHz (no released weights: pass ckpt)", False)
 _register("asit_small", "small", "ASiT ViT-S/16 at 32 kHz (no released weights: pass ckpt)", False)
 _register("asit_mini", "mini", "test-size ASiT model (D=64, 2 blocks)", True)
+
+FAMILY = register_family(FamilySpec(
+    name="asit", title="ASiT", module=__name__,
+    objective=ASiTObjective, objective_config=ASiTPretrainConfig,
+    frontend=FbankConfig.asit, overrides=frozenset(OVERRIDES),
+    checkpoint_format="ASiT checkpoint.pth", detect_checkpoint=is_official_checkpoint,
+    read_checkpoint=read_official_checkpoint,
+    shortcuts=(PretrainShortcut("asit", {"family": "asit"}, "configs/pretrain/asit_base.yaml",
+                                "configs/pretrain/asit_mini.yaml", "asit_mini"),),
+    upstream_prefix=lambda cfg: f"asit_{cfg.size}",
+))

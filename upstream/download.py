@@ -4,17 +4,18 @@
     python -m benchmark download ssast_patch_400         # -> $ASTBENCH_CHECKPOINTS/SSAST-Base-Patch-400.pth
     python -m benchmark download mae_ast_patch mae_ast_frame --dir /data/ckpts
 
-Each file is saved under the name the registry looks up (``upstream.load("ssast_patch_400")`` then finds it in
-``$ASTBENCH_CHECKPOINTS``, default ``~/.cache/astbench/checkpoints``). A download goes to ``<file>.part`` and is
-renamed into place only once verified: its size against the table (or the server's length when the table has
-none) and its sha256 when the table has one. An interrupted download is resumed with an HTTP ``Range`` request,
-both within one command (a dropped connection is retried) and by running the command again; a server that
-ignores ``Range`` sends the whole file again. Only the Python standard library is used.
+Each file is saved under the name the registry looks up (``upstream.load("ssast_patch_400")`` then finds it
+in ``$ASTBENCH_CHECKPOINTS``, default ``~/.cache/astbench/checkpoints``). A download goes to ``<file>.part``
+and is renamed into place only once verified: its size against the table (or the server's length when the
+table has none) and its sha256 when the table has one. An interrupted download is resumed with an HTTP
+``Range`` request, both within one command (a dropped connection is retried) and by running the command
+again; a server that ignores ``Range`` sends the whole file again. Only the Python standard library is used.
 
-The URLs are those the authors publish: the SSAST README (YuanGongND/ssast, "Pretrained Models", Dropbox
-direct links) and the MAE-AST README (AlanBaade/MAE-AST-Public), with the address s3prl's ``mae_ast`` hubconf
-downloads from as a second source. ASiT has released no checkpoint. Sizes and sha256 digests are filled in once
-known from a verified download (the command prints both); ``None`` means not yet recorded, never a guess.
+The table is every family's ``RELEASES`` (``FamilySpec.releases``, in ``upstream/<family>.py``), with the URLs
+the authors publish: the SSAST README (YuanGongND/ssast, "Pretrained Models", Dropbox direct links) and the
+MAE-AST README (AlanBaade/MAE-AST-Public), with the address s3prl's ``mae_ast`` hubconf downloads from as a
+second source. ASiT has released no checkpoint. Sizes and sha256 digests are filled in once known from a
+verified download (the command prints both); ``None`` means not yet recorded, never a guess.
 """
 from __future__ import annotations
 
@@ -22,22 +23,20 @@ import argparse
 import hashlib
 import http.client
 import os
-import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["OFFICIAL", "DownloadError", "OfficialCheckpoint", "download", "download_hint", "find"]
+from common.files import locked
 
-SSAST_README = "YuanGongND/ssast README, 'Pretrained Models'"
-SSAST_ABLATION = "YuanGongND/ssast README, 'Pretrained Models', ablation study table"
-MAE_AST_README = "AlanBaade/MAE-AST-Public README, 'Pretrained Model Download'"
-MAE_AST_S3PRL = "https://www.cs.utexas.edu/~harwath/model_checkpoints/mae_ast/"  # s3prl mae_ast hubconf
-MAE_AST_SALTLAB = "https://saltlab.cs.utexas.edu/downloads/model_checkpoints/mae_ast/"  # the authors' README
+from .registry import families
+
+__all__ = ["DownloadError", "OfficialCheckpoint", "checkpoint_dir", "download", "download_hint",
+           "dropbox_url", "find", "released"]
 
 
 @dataclass(frozen=True)
@@ -64,50 +63,20 @@ class OfficialCheckpoint:
     note: str = ""
 
 
-def _dropbox(key: str, name: str) -> str:
+def dropbox_url(key: str, name: str) -> str:
+    """A Dropbox share as the direct link SSAST's README publishes (``?dl=1``)."""
     return f"https://www.dropbox.com/s/{key}/{name}?dl=1"
 
 
-OFFICIAL: tuple[OfficialCheckpoint, ...] = (
-    OfficialCheckpoint("ssast_patch_400", "SSAST-Base-Patch-400.pth",
-                       (_dropbox("ewrzpco95n9jdz6", "SSAST-Base-Patch-400.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_frame_400", "SSAST-Base-Frame-400.pth",
-                       (_dropbox("nx6nl4d4bl71sm8", "SSAST-Base-Frame-400.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_patch_250", "SSAST-Base-Patch-250.pth",
-                       (_dropbox("mxrm9qog6aj8hif", "SSAST-Base-Patch-250.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_frame_250", "SSAST-Base-Frame-250.pth",
-                       (_dropbox("4e6l7ulhwrfoana", "SSAST-Base-Frame-250.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_patch_small", "SSAST-Small-Patch-400.pth",
-                       (_dropbox("i24w446rl9pkf05", "SSAST-Small-Patch-400.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_patch_tiny", "SSAST-Tiny-Patch-400.pth",
-                       (_dropbox("fkbtf78y94113wz", "SSAST-Tiny-Patch-400.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_frame_tiny", "SSAST-Tiny-Frame-400.pth",
-                       (_dropbox("rx7g60ruzawffzv", "SSAST-Tiny-Frame-400.pth"),), SSAST_README),
-    OfficialCheckpoint("ssast_patch_100", "SSAST-Base-Patch-100.pth",
-                       (_dropbox("0oyrtfbjzkwho2p", "audio_model_100m.pth"),), SSAST_ABLATION,
-                       note="published as audio_model_100m.pth (ablation 1, 100 masked patches)"),
-    OfficialCheckpoint("ssast_patch_400_disc", "audio_model_dis.pth",
-                       (_dropbox("znuzgwf2zvrpjkr", "audio_model_dis.pth"),), SSAST_ABLATION,
-                       note="ablation 2, discriminative objective only; load with -u ssast_patch_400 --ckpt"),
-    OfficialCheckpoint("ssast_patch_400_gen", "audio_model_gen.pth",
-                       (_dropbox("u6ws5fjrid10x4p", "audio_model_gen.pth"),), SSAST_ABLATION,
-                       note="ablation 3, generative objective only; load with -u ssast_patch_400 --ckpt"),
-    OfficialCheckpoint("ssast_patch_400_as20k", "audio_model_as20k.pth",
-                       (_dropbox("y6x2ck2ca3tb7d9", "audio_model_as20k.pth"),), SSAST_ABLATION,
-                       note="ablation 4, pretrained on AudioSet-20K; load with -u ssast_patch_400 --ckpt"),
-    OfficialCheckpoint("ssast_patch_400_as2m", "audio_model_as.pth",
-                       (_dropbox("m9p782df3faql1q", "audio_model_as.pth"),), SSAST_ABLATION,
-                       note="ablation 5, pretrained on AudioSet-2M; load with -u ssast_patch_400 --ckpt"),
-    OfficialCheckpoint("ssast_patch_400_librispeech", "audio_model_librispeech.pth",
-                       (_dropbox("f4bn2qelu3m8ksu", "audio_model_librispeech.pth"),), SSAST_ABLATION,
-                       note="ablation 6, pretrained on LibriSpeech 960 h; load with -u ssast_patch_400 --ckpt"),
-    OfficialCheckpoint("mae_ast_patch", "chunk_patch_75_12LayerEncoder.pt",
-                       (MAE_AST_SALTLAB + "chunk_patch_75_12LayerEncoder.pt",
-                        MAE_AST_S3PRL + "chunk_patch_75_12LayerEncoder.pt"), MAE_AST_README),
-    OfficialCheckpoint("mae_ast_frame", "random_frame_75_12LayerEncoder.pt",
-                       (MAE_AST_SALTLAB + "random_frame_75_12LayerEncoder.pt",
-                        MAE_AST_S3PRL + "random_frame_75_12LayerEncoder.pt"), MAE_AST_README),
-)
+def released() -> tuple[OfficialCheckpoint, ...]:
+    """The download table: every family's released checkpoints (``FamilySpec.releases``), families by name."""
+    return tuple(entry for family in families() for entry in family.releases)
+
+
+def checkpoint_dir() -> Path:
+    """Where official checkpoints are looked up by file name: ``$ASTBENCH_CHECKPOINTS`` or
+    ``~/.cache/astbench/checkpoints``."""
+    return Path(os.environ.get("ASTBENCH_CHECKPOINTS", Path.home() / ".cache" / "astbench" / "checkpoints"))
 
 
 class DownloadError(RuntimeError):
@@ -116,17 +85,18 @@ class DownloadError(RuntimeError):
 
 def find(name: str) -> OfficialCheckpoint:
     """The entry called ``name`` (or whose file is ``name``); ValueError listing the known names."""
-    for entry in OFFICIAL:
+    for entry in released():
         if name in (entry.name, entry.file):
             return entry
-    raise ValueError(f"no released checkpoint called {name!r}; known: {', '.join(e.name for e in OFFICIAL)} "
+    known = ", ".join(e.name for e in released())
+    raise ValueError(f"no released checkpoint called {name!r}; known: {known} "
                      f"(`python -m benchmark download --list`)")
 
 
 def download_hint(file: str) -> str:
-    """``"; download it with `python -m benchmark download NAME`"`` when ``file`` is in the table, else ``""``:
-    the tail of a missing-checkpoint error."""
-    for entry in OFFICIAL:
+    """``"; download it with `python -m benchmark download NAME`"`` when ``file`` is in the table, else
+    ``""``: the tail of a missing-checkpoint error."""
+    for entry in released():
         if entry.file == file:
             return f"; download it with `python -m benchmark download {entry.name}`"
     return ""
@@ -139,7 +109,7 @@ def download(entry: OfficialCheckpoint, dest_dir: str | os.PathLike | None = Non
     """Download ``entry`` into ``dest_dir`` (default ``$ASTBENCH_CHECKPOINTS``), verified; returns its path.
 
     Args:
-        entry: a row of :data:`OFFICIAL`.
+        entry: a row of :func:`released`.
         dest_dir: target folder (created).
         force: download again even when a verified file is there.
         urls: download from these instead of ``entry.urls`` (a mirror); the size and sha256 still apply.
@@ -150,15 +120,13 @@ def download(entry: OfficialCheckpoint, dest_dir: str | os.PathLike | None = Non
         DownloadError: every URL failed (the ``.part`` file is kept, so running again resumes), or the file
             does not verify (a wrong download is deleted, never renamed into place).
     """
-    from common.files import locked
-    from .registry import checkpoint_dir
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     folder = Path(dest_dir) if dest_dir is not None else checkpoint_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DownloadError(f"{entry.name}: cannot create the checkpoint folder {folder}: {err.strerror}") from None
+        raise DownloadError(f"{entry.name}: cannot create the checkpoint folder {folder}: "
+                            f"{err.strerror}") from None
     if not os.access(folder, os.W_OK):
         raise DownloadError(f"{entry.name}: the checkpoint folder {folder} is not writable")
     dest, part = folder / entry.file, folder / (entry.file + ".part")
@@ -187,7 +155,7 @@ def download(entry: OfficialCheckpoint, dest_dir: str | os.PathLike | None = Non
             raise DownloadError(f"{entry.name}: the download {problem}; it was deleted")
         os.replace(part, dest)
     sha = _sha256(dest)
-    pinned = "verified" if entry.sha256 else "not published: record it in upstream/download.py to pin the file"
+    pinned = "verified" if entry.sha256 else "not recorded: add it to the family's RELEASES to pin the file"
     log(f"{entry.name}: saved {dest} ({dest.stat().st_size} bytes, sha256 {sha}, {pinned})")
     return dest
 
@@ -270,16 +238,18 @@ def _fetch_once(url: str, part: Path, entry: OfficialCheckpoint, timeout_s: floa
             while True:
                 try:
                     block = resp.read(1 << 20)
-                except (http.client.IncompleteRead, socket.timeout, ConnectionError, OSError) as err:
+                except (TimeoutError, http.client.IncompleteRead, ConnectionError, OSError) as err:
                     f.flush()
-                    raise _Interrupted(f"connection lost after {got} of {total or '?'} bytes ({err!r})") from None
+                    raise _Interrupted(f"connection lost after {got} of {total or '?'} bytes "
+                                       f"({err!r})") from None
                 if not block:
                     break
                 f.write(block)
                 got += len(block)
                 if time.monotonic() >= next_report:
                     rate = (got - have) / max(1e-9, time.monotonic() - t0) / 2**20
-                    log(f"{entry.name}: {got / 2**20:.0f} of {(total or 0) / 2**20:.0f} MiB ({rate:.1f} MiB/s)")
+                    log(f"{entry.name}: {got / 2**20:.0f} of {(total or 0) / 2**20:.0f} MiB "
+                        f"({rate:.1f} MiB/s)")
                     next_report = time.monotonic() + 5.0
         if total is not None and got < total:
             raise _Interrupted(f"connection closed after {got} of {total} bytes")
@@ -304,20 +274,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the released checkpoints and which are here")
     p.add_argument("--dir", default=None, help="target folder (default $ASTBENCH_CHECKPOINTS or "
                    "~/.cache/astbench/checkpoints)")
-    p.add_argument("--url", default=None, help="download from this URL instead (a mirror; one NAME only); the "
-                   "table's size and sha256 still apply")
+    p.add_argument("--url", default=None, help="download from this URL instead (a mirror; one NAME only); "
+                   "the table's size and sha256 still apply")
     p.add_argument("--force", action="store_true", help="download again even when the file is there")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit code 0, 2 for a bad name or argument, 1 for a failed download (one ``error:`` line each)."""
-    from .registry import checkpoint_dir
-
     folder = Path(args.dir) if args.dir else checkpoint_dir()
     if args.list or not args.names:
         print(f"released checkpoints (folder: {folder}):")
-        for e in OFFICIAL:
+        for e in released():
             here = "here" if (folder / e.file).is_file() else "-"
             size = f"{e.size_bytes / 2**20:.0f} MiB" if e.size_bytes else "size ?"
             print(f"  {e.name:28s} {e.file:34s} {size:>9s}  sha256 {(e.sha256 or '?')[:12]:12s}  {here}")

@@ -59,13 +59,14 @@ class EncoderConfig:
     @property
     def grid(self) -> tuple[int, int]:
         """Patch grid ``(n_f, n_t)`` at ``input_tdim`` frames."""
-        return grid_size(self.input_tdim, self.input_fdim, self.fshape, self.tshape, self.fstride, self.tstride)
+        return grid_size(self.input_tdim, self.input_fdim, self.fshape, self.tshape, self.fstride,
+                         self.tstride)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
+    def from_dict(cls, d: dict) -> EncoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -221,7 +222,8 @@ class ASTEncoder(nn.Module):
             kpm = torch.cat([token_padding.new_zeros(token_padding.shape[0], P), token_padding], dim=1)
         return self.forward_blocks(x, kpm, indices)
 
-    def forward_features(self, fbank: torch.Tensor, token_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(self, fbank: torch.Tensor,
+                         token_padding: torch.Tensor | None = None) -> torch.Tensor:
         """Spectrogram (B, T, F) -> final features (B, P + N, D)."""
         return self.forward_intermediates(fbank, token_padding, indices=[])[1]
 

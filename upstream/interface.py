@@ -10,8 +10,9 @@ pretraining heads dropped. It follows s3prl's upstream contract so SUPERB-style 
 * ``get_downsample_rates(key)`` gives input samples per output frame.
 
 Frame-level features put the frequency patches of one time step side by side (``H = n_f * D``), exactly
-as s3prl's SSAST and MAE-AST experts do. Long audio is cut into fixed windows (``window_frames``), each
-padded to the model's input length, and the windows' features are concatenated in time:
+as s3prl's SSAST and MAE-AST experts do. Long audio is cut into fixed windows (``window_frames``, which is
+the front end's ``target_length``), each padded to the model's input length, and the windows' features are
+concatenated in time:
 
 * ``window_mode='s3prl'`` (SSAST): non-overlapping windows of ``window_frames * frame_shift`` samples,
   each one's fbank (98 frames for 1 s) padded to ``window_frames``; s3prl's ``ssast`` expert.
@@ -32,60 +33,19 @@ The fbank-level entry point :meth:`Upstream.forward_fbank` serves end-to-end fin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import ASTEncoder, EncoderConfig
-from .frontend import Fbank, FbankConfig, pad_waveforms, validate_waveform
+from .checkpoint import RawCheckpoint, save_upstream
+from .config import UpstreamConfig
+from .encoder import ASTEncoder
+from .frontend import Fbank, pad_waveforms, validate_waveform
+from .registry import get_family
 from .tokenizer import token_padding_mask, tokens_to_time_rows
-
-
-WINDOW_MODES = ("s3prl", "exact", "utterance")
-
-
-@dataclass
-class UpstreamConfig:
-    """Everything that rebuilds an :class:`Upstream`; saved inside every checkpoint this project writes."""
-
-    family: str  # 'ssast' | 'mae_ast' | 'asit'
-    encoder: EncoderConfig
-    frontend: FbankConfig
-    window_frames: int | None = None  # frames per window (= the encoder's input_tdim when set)
-    window_mode: str = "s3prl"  # 's3prl' | 'exact' | 'utterance' (module docstring)
-    partial_patch_valid: bool = True  # MAE-AST official token padding (see tokenizer.token_padding_mask)
-    pooling: str = "mean"  # clip feature: 'mean' of patch tokens, or 'cls' (prefix tokens averaged)
-    extra: dict = field(default_factory=dict)  # family-specific facts kept for provenance (e.g. p_input_tdim)
-
-    def __post_init__(self):
-        if self.window_mode not in WINDOW_MODES:
-            raise ValueError(f"window_mode must be one of {list(WINDOW_MODES)}, got {self.window_mode!r}")
-        if self.window_mode == "utterance" and self.window_frames is None:
-            raise ValueError("window_mode='utterance' needs window_frames (the input length to pad or cut to)")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
-        if self.pooling == "cls" and self.encoder.num_prefix_tokens == 0:
-            raise ValueError(f"pooling='cls' needs prefix tokens, but {self.family} has none")
-        if self.window_frames is not None and self.window_frames != self.encoder.input_tdim:
-            raise ValueError(
-                f"window_frames={self.window_frames} must equal the encoder's input_tdim={self.encoder.input_tdim}"
-            )
-
-    def to_dict(self) -> dict:
-        return {
-            "family": self.family, "encoder": self.encoder.to_dict(), "frontend": asdict(self.frontend),
-            "window_frames": self.window_frames, "window_mode": self.window_mode,
-            "partial_patch_valid": self.partial_patch_valid, "pooling": self.pooling, "extra": dict(self.extra),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UpstreamConfig":
-        d = dict(d)
-        d["encoder"] = EncoderConfig.from_dict(d["encoder"])
-        d["frontend"] = FbankConfig(**d["frontend"])
-        return cls(**d)
 
 
 class Upstream(nn.Module):
@@ -97,7 +57,8 @@ class Upstream(nn.Module):
         self.name = name or cfg.family
         self.frontend = Fbank(cfg.frontend)
         if cfg.window_frames is not None and cfg.window_mode == "exact":
-            self._raw_frontend = Fbank(replace(cfg.frontend, target_length=None, norm_mean=None, norm_std=None))
+            raw = replace(cfg.frontend, target_length=None, norm_mean=None, norm_std=None)
+            self._raw_frontend = Fbank(raw)
         self.encoder = ASTEncoder(cfg.encoder)
         self.sample_rate = int(cfg.frontend.sample_rate)
         enc = cfg.encoder
@@ -119,6 +80,22 @@ class Upstream(nn.Module):
     @property
     def num_layers(self) -> int:
         return self.cfg.encoder.depth
+
+    _input_augment: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+
+    def set_input_augment(self, augment: Callable[[torch.Tensor, float], torch.Tensor] | None) -> None:
+        """The contract's fine-tuning hook: in ``train()`` mode, ``augment(fbank, fill)`` replaces each
+        normalised input ``(B, T, F)`` the encoder sees (one per clip, or one per window), ``fill`` being the
+        value a raw zero log-mel bin has after normalisation (SSAST masks the raw log-mel with 0). Fine-tuning
+        puts SpecAugment and noise here (``downstream.augment``); None removes it."""
+        self._input_augment = augment
+
+    def _augmented(self, fbank: torch.Tensor) -> torch.Tensor:
+        if self._input_augment is None or not self.training:
+            return fbank
+        fc = self.cfg.frontend
+        fill = 0.0 if fc.norm_mean is None else (0.0 - fc.norm_mean) / (2.0 * fc.norm_std)
+        return self._input_augment(fbank, fill)
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         """
@@ -143,6 +120,7 @@ class Upstream(nn.Module):
     # ------------------------------------------------------------------ one input per clip (SSAST's own)
     def _forward_utterance(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
         fbank, _ = self.frontend(padded, lengths)  # (B, window_frames, F): padded/cut, normalised
+        fbank = self._augmented(fbank)
         out = self.forward_fbank(fbank)
         P = self.encoder.num_prefix_tokens
         T = out["norm_out"].shape[1]  # P + N tokens, every clip the same
@@ -160,10 +138,11 @@ class Upstream(nn.Module):
     # ------------------------------------------------------------------ whole-clip path (MAE-AST)
     def _forward_whole(self, padded: torch.Tensor, lengths: torch.Tensor) -> dict:
         fbank, num_frames = self.frontend(padded, lengths)  # (B, T, F), (B,)
+        fbank = self._augmented(fbank)
         enc = self.cfg.encoder
         if fbank.shape[1] < enc.tshape:
-            # every clip is shorter than one patch: zero-pad as a longer clip in the batch would, so such a clip
-            # gives the same features alone as in a mixed batch (its partial patch counts as valid there)
+            # every clip is shorter than one patch: zero-pad as a longer clip in the batch would, so such a
+            # clip gives the same features alone as in a mixed batch (its partial patch counts as valid there)
             fbank = F.pad(fbank, (0, 0, 0, enc.tshape - fbank.shape[1]))
         n_f, n_t = self.encoder.grid_for(fbank.shape[1])
         # a clip shorter than one patch keeps that one (partial) patch, or it would have no valid token at all
@@ -185,6 +164,7 @@ class Upstream(nn.Module):
             padded = F.pad(padded, (0, num_win * win - S))
             chunks = padded.reshape(B * num_win, win)  # (B*W, win)
             fbank, _ = self.frontend(chunks, torch.full((B * num_win,), win, device=padded.device))
+            fbank = self._augmented(fbank)
             n_f, n_t = self.encoder.grid_for(fbank.shape[1])
             rows = torch.full_like(lengths, num_win * n_t)
         else:
@@ -195,13 +175,10 @@ class Upstream(nn.Module):
             fc = self.cfg.frontend
             if fc.norm_mean is not None:
                 fbank = (fbank - fc.norm_mean) / (2.0 * fc.norm_std)
-            # this path bypasses self.frontend, so fine-tuning's SpecAugment / noise (downstream.augment wraps
-            # .frontend) is applied here, to the normalised windows the encoder sees
-            augment = getattr(self.frontend, "augment", None)
-            if augment is not None:
-                fbank = augment(fbank)
+            fbank = self._augmented(fbank)  # fine-tuning's SpecAugment / noise, on the normalised windows
             n_f, n_t = self.encoder.grid_for(W)
-            rows = torch.div(frames + self.cfg.encoder.tstride - 1, self.cfg.encoder.tstride, rounding_mode="floor")
+            tstride = self.cfg.encoder.tstride
+            rows = torch.div(frames + tstride - 1, tstride, rounding_mode="floor")
         out = self.forward_fbank(fbank)  # windows are fully valid: their padding is part of the input
         return self._assemble(out, n_f, n_t, lengths, rows, windows=num_win)
 
@@ -219,7 +196,8 @@ class Upstream(nn.Module):
         """
         blocks, final = self.encoder.forward_intermediates(fbank, token_padding)
         P = self.encoder.num_prefix_tokens
-        return {"block_out": blocks, "norm_out": final, "tokens": final[:, P:], "token_padding": token_padding}
+        return {"block_out": blocks, "norm_out": final, "tokens": final[:, P:],
+                "token_padding": token_padding}
 
     def _assemble(self, out: dict, n_f: int, n_t: int, lengths: torch.Tensor, valid_rows: torch.Tensor,
                   windows: int) -> dict:
@@ -250,12 +228,10 @@ class Upstream(nn.Module):
     # ------------------------------------------------------------------ checkpoints this project writes
     def save(self, path, extra: dict | None = None) -> None:
         """Write weights + the config that rebuilds them (loads back with ``upstream.load``)."""
-        from .checkpoint import save_upstream
-
         save_upstream(self, path, extra)
 
 
-def upstream_with_weights(cfg: UpstreamConfig, name: str, raw=None) -> Upstream:
+def upstream_with_weights(cfg: UpstreamConfig, name: str, raw: RawCheckpoint | None = None) -> Upstream:
     """Build an :class:`Upstream` and, given a :class:`~upstream.checkpoint.RawCheckpoint`, load its encoder
     weights strictly and record the file's sha256."""
     model = Upstream(cfg, name)
@@ -264,3 +240,39 @@ def upstream_with_weights(cfg: UpstreamConfig, name: str, raw=None) -> Upstream:
         model.encoder.sincos_table = raw.extra.get("sincos_table")  # MAE-AST: the file's position table
         model.checkpoint_sha256 = raw.sha256
     return model
+
+
+@dataclass(frozen=True)
+class FeatureFingerprint:
+    """What makes an upstream's features what they are (:func:`feature_fingerprint`), for caches, records."""
+
+    checkpoint_sha256: str | None  # its weights' file; None: random init, or a plug-in's own weights
+    config: dict | None  # UpstreamConfig.to_dict(); None for a plug-in upstream
+    code: str  # sha256 of the source that computes the features
+
+
+def feature_fingerprint(model: nn.Module) -> FeatureFingerprint:
+    """The fingerprint of ``model``'s features: its checkpoint's sha256 (registered upstreams record it when
+    they read one; a plug-in may set a ``checkpoint_sha256`` attribute), its config, and the sha256 of the
+    source that computes them: the file of its class plus, for this package's upstreams, the contract, its
+    config, front end, Kaldi fbank, tokenizer, layers, encoder and the family's module. A change to any of
+    them changes the fingerprint, so a feature cache keyed by it never serves features of other code."""
+    import hashlib
+    import inspect
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    files = {inspect.getsourcefile(type(model))}
+    files |= {str(here / f"{mod}.py") for mod in ("interface", "config", "frontend", "kaldi", "encoder",
+                                                   "tokenizer", "layers")}
+    cfg = model.cfg if isinstance(model, Upstream) else None
+    if cfg is not None:
+        try:
+            files.add(str(get_family(cfg.family).source_file))
+        except ValueError:  # a family no module registered (a test's): its class file is hashed above
+            pass
+    h = hashlib.sha256()
+    for f in sorted(x for x in files if x and Path(x).exists()):
+        h.update(Path(f).read_bytes())
+    return FeatureFingerprint(getattr(model, "checkpoint_sha256", None), cfg.to_dict() if cfg else None,
+                              h.hexdigest())

@@ -163,9 +163,9 @@ def ssast_adapt_pos_embed(pos_embed: torch.Tensor, num_prefix: int, p_f_dim: int
         grid = grid[:, :, start:start + t_dim, :]  # sic: the original slices with t_dim
         if grid.shape[2] != f_dim:
             raise ValueError(
-                f"SSAST's position-table cut (frequency rows sliced with t_dim, as in ast_models.py) cannot map a "
-                f"{p_f_dim}x{p_t_dim} grid to {f_dim}x{t_dim}; the official code fails here too. Use an fstride "
-                f"that gives at least {p_f_dim} frequency patches"
+                f"SSAST's position-table cut (frequency rows sliced with t_dim, as in ast_models.py) cannot "
+                f"map a {p_f_dim}x{p_t_dim} grid to {f_dim}x{t_dim}; the official code fails here too. Use "
+                f"an fstride that gives at least {p_f_dim} frequency patches"
             )
     else:
         grid = F.interpolate(grid, size=(f_dim, t_dim), mode="bilinear")

@@ -6,36 +6,22 @@ An objective wraps a shared :class:`~upstream.encoder.ASTEncoder` and returns ``
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import fields
 
 import torch
 from torch import nn
 
+from .config import UpstreamConfig
 from .encoder import EncoderConfig
 from .frontend import FbankConfig
-from .interface import Upstream, UpstreamConfig
-
-
-def parse_objective_config(cls, cfg: dict, family: str):
-    """Build dataclass ``cls`` from ``cfg`` (minus ``family``), naming any unknown key."""
-    cfg = {k: v for k, v in cfg.items() if k != "family"}
-    _refuse_unknown(cfg, {f.name for f in fields(cls)}, f"{family} objective key")
-    return cls(**cfg)
-
-
-def _refuse_unknown(keys, known: set[str], what: str) -> None:
-    """ValueError naming the first key of ``keys`` not in ``known``, with the closest known name."""
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown {what} {key!r}{hint}; known: {sorted(known)}")
+from .interface import Upstream
+from .registry import refuse_unknown
 
 
 class Objective(nn.Module):
     """Base class: subclasses set ``family``, ``num_views``, ``frontend``, ``crop_secs``, ``encoder`` and
-    implement ``forward(fbank, num_frames, generator) -> (loss, logs)`` and ``upstream_config()``.
+    implement ``forward(fbank, num_frames, generator) -> (loss, logs)``, ``upstream_config()`` and
+    ``step_flops(num_frames)`` (the speed benchmark's analytic FLOPs).
 
     ``forward`` draws its masks (or corrupted views) from ``generator`` with the pure functions of
     :mod:`upstream.masking`; each family also takes them ready-made through one keyword argument (SSAST
@@ -59,6 +45,11 @@ class Objective(nn.Module):
 
     def upstream_config(self) -> UpstreamConfig:
         raise NotImplementedError
+
+    def step_flops(self, num_frames: int) -> float:
+        """Analytic FLOPs of one training step per clip of ``num_frames`` fbank frames (see
+        :func:`block_train_flops`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no FLOP formula")
 
     def to_upstream(self) -> Upstream:
         """The pretrained encoder as an upstream (heads dropped), ready for ``save_upstream``."""
@@ -117,5 +108,20 @@ def override_encoder(cfg: EncoderConfig, overrides: dict, family: str) -> Encode
     if not isinstance(overrides, dict):
         raise ValueError(f"{family} objective key 'encoder' must be a mapping of EncoderConfig fields, "
                          f"got {overrides!r}")
-    _refuse_unknown(overrides, {f.name for f in fields(EncoderConfig)}, f"{family} objective encoder key")
+    refuse_unknown(overrides, {f.name for f in fields(EncoderConfig)}, f"{family} objective encoder key")
     return EncoderConfig.from_dict({**cfg.to_dict(), **overrides})
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+# Matrix products only (2 per multiply-add). A block over L tokens of width D with MLP ratio r does
+# 2 (4 + 2r) D^2 L in its projections and MLP and 4 L^2 D in attention (QK^T and AV), forward. A trained
+# module counts 3x its forward (backward = 2x forward); a module run without gradient (ASiT's teacher) 1x.
+def block_train_flops(tokens: int, dim: int, depth: int, mlp_ratio: float, train: bool = True) -> float:
+    """FLOPs of ``depth`` transformer blocks over one sequence of ``tokens``."""
+    forward = depth * (2 * (4 + 2 * mlp_ratio) * dim**2 * tokens + 4 * tokens**2 * dim)
+    return forward * (3 if train else 1)
+
+
+def linear_flops(tokens: int, fan_in: int, fan_out: int, train: bool = True) -> float:
+    """FLOPs of a ``fan_in -> fan_out`` linear layer over ``tokens`` tokens."""
+    return 2 * tokens * fan_in * fan_out * (3 if train else 1)

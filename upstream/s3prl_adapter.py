@@ -1,6 +1,6 @@
 """``-u s3prl:NAME``: an s3prl upstream (``s3prl.hub.NAME``) evaluated in this harness.
 
-    python run_downstream.py -u s3prl:hubert -d esc50 --fold 1            # pip install s3prl (or astbench[s3prl])
+    python run_downstream.py -u s3prl:hubert -d esc50 --fold 1      # pip install s3prl (or astbench[s3prl])
     python run_downstream.py -u s3prl:wav2vec2_local --ckpt w2v.pt -d iemocap --fold 1
 
 s3prl's legacy experts (what its own ``run_downstream.py`` builds: ``hub.NAME(ckpt=..., model_config=...,
@@ -20,7 +20,7 @@ adapter adds what this project's contract has on top (``upstream/interface.py``)
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -47,7 +47,8 @@ class S3PRLUpstream(nn.Module):
         self.num_layers, self.hidden_size = len(probe), int(probe[0].shape[-1])
         self.clip_size = self.hidden_size
         rate = getattr(expert, "get_downsample_rates", None)
-        self._rate = int(rate("hidden_states")) if callable(rate) else max(1, round(SAMPLE_RATE / probe[0].shape[1]))
+        probed = max(1, round(SAMPLE_RATE / probe[0].shape[1]))
+        self._rate = int(rate("hidden_states")) if callable(rate) else probed
 
     def _device(self) -> torch.device:
         param = next(self.expert.parameters(), None)

@@ -29,8 +29,9 @@ import pickle
 import re
 import typing
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,8 @@ def _value_node(name: str) -> type:
 
 _STANDINS: list[type] = [
     DictConfigStandIn, ListConfigStandIn, ValueNodeStandIn, MetadataStandIn,
-    type("ContainerMetadataStandIn", (MetadataStandIn,), {"omegaconf_name": "omegaconf.base.ContainerMetadata"}),
+    type("ContainerMetadataStandIn", (MetadataStandIn,),
+         {"omegaconf_name": "omegaconf.base.ContainerMetadata"}),
     # typed leaves of structured configs: same state as AnyNode
     *(_value_node(f"omegaconf.nodes.{n}") for n in ("StringNode", "IntegerNode", "FloatNode", "BooleanNode")),
 ]
@@ -100,7 +102,7 @@ SAFE_GLOBALS: dict[str, Any] = {
     "builtins.int": int,
     "numpy.ndarray": np.ndarray,  # np.random.get_state() in last.ckpt
     "numpy.dtype": np.dtype,
-    # what numpy.dtype("u4") returns since numpy 1.25; not named in the file, but the unpickler must set its state
+    # what numpy.dtype("u4") returns since numpy 1.25; not named in the file, but the unpickler sets its state
     f"numpy.dtypes.{type(np.dtype(np.uint32)).__name__}": type(np.dtype(np.uint32)),
     "numpy._core.multiarray._reconstruct": _NP_RECONSTRUCT,  # numpy >= 2
     "numpy.core.multiarray._reconstruct": _NP_RECONSTRUCT,  # files written with numpy 1.x
@@ -133,7 +135,7 @@ def trust_default() -> bool:
 # ---------------------------------------------------------------------------------------------- loading
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
-    core = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)  # torch's own reason
+    core = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)  # torch's reason
     text = core.group(1) if core else text
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -179,17 +181,18 @@ def load_checkpoint_file(path: str | os.PathLike, trust_checkpoint: bool | None 
         refused = _refused_globals(path, err)
         if not trust and refused:
             raise CheckpointError(
-                f"{what} {path} was refused: it needs Python objects outside the checkpoint formats' allow-list "
-                f"({', '.join(refused)}), and unpickling those can run code; if you trust the file and where it "
-                f"came from, {OPT_IN}") from None
+                f"{what} {path} was refused: it needs Python objects outside the checkpoint formats' "
+                f"allow-list ({', '.join(refused)}), and unpickling those can run code; if you trust the "
+                f"file and where it came from, {OPT_IN}") from None
         if not trust:
             raise CheckpointError(f"{what} {path} could not be read safely ({_one_line(err)}); if you trust "
                                   f"the file, {OPT_IN}") from None
     except Exception as err:  # not a torch file, truncated, empty, ...
         raise CheckpointError(f"{what} {path} could not be read by torch.load: {_one_line(err)}") from None
     # only a file that needs more than the allow-list, read with the opt-in, gets here
-    warnings.warn(f"trust_checkpoint: unpickling {path} in full ({', '.join(refused) or 'outside the allow-list'}); "
-                  f"this runs whatever code the file names", TrustedCheckpointWarning, stacklevel=2)
+    named = ", ".join(refused) or "outside the allow-list"
+    warnings.warn(f"trust_checkpoint: unpickling {path} in full ({named}); this runs whatever code the file "
+                  f"names", TrustedCheckpointWarning, stacklevel=2)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except ModuleNotFoundError as err:

@@ -3,9 +3,9 @@
 
 Appends are atomic across processes: the line is written with a single ``os.write`` on an ``O_APPEND``
 descriptor while holding an exclusive ``fcntl`` lock (where available), then fsynced, so two runs finishing
-together never interleave or tear lines. ``run_downstream.py`` keeps one record per run, split and step: a
-re-evaluation with another value replaces the earlier record (the file is rewritten under the same lock and
-renamed into place), one with the same value is not written again.
+together never interleave or tear lines. A downstream run (``downstream.run``) keeps one record per run, split
+and step: a re-evaluation with another value replaces the earlier record (the file is rewritten under the same
+lock and renamed into place), one with the same value is not written again.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import os_reason
+from common.files import tmp_path
+from common.rundir import os_reason
 
 try:
     import fcntl
@@ -28,9 +28,6 @@ except ImportError:  # Windows: O_APPEND single writes are still atomic for smal
     fcntl = None
 
 DEFAULT_PATH = Path("results") / "results.jsonl"
-# ESC-50 fold runs re-scored at the one step chosen on the fold-averaged test curve (SSAST get_esc_result.py;
-# ``downstream.metrics.esc50_select_runs``), written by the suites once all five folds of a run are done.
-ESC50_SELECTED_SPLIT = "test@fold-avg-step"
 
 
 @dataclass
@@ -63,6 +60,9 @@ class ResultRecord:
     # how the top-1 predictions spread: {"clips", "distinct", "top_class", "top_share", "target_share",
     # "collapsed"}
     predictions: dict = field(default_factory=dict)
+    # every score of the evaluation (the task's Metric.report), the metric's own included: AS-20K's
+    # {"mAP", "mAUC", "d_prime", "num_classes", "num_classes_skipped_ap"}; {} in records older than the field
+    scores: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in ("frozen", "finetune"):
@@ -114,7 +114,8 @@ def check_writable(path: str | os.PathLike = DEFAULT_PATH) -> None:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"results file {path} is a folder; give a file path such as {path / 'results.jsonl'}")
+        raise ValueError(f"results file {path} is a folder; give a file path such as "
+                         f"{path / 'results.jsonl'}")
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def _same_run_split_step(a: dict, b: dict) -> bool:
 def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH, unique: bool = False) -> bool:
     """Append ``record`` as one JSON line, atomically with respect to other writers.
 
-    With ``unique`` (``run_downstream.py`` sets it), the file keeps one record per run, split and step:
+    With ``unique`` (a downstream run sets it), the file keeps one record per run, split and step:
 
     * a record of the same evaluation (every field equal but the time stamp and code version) with the same
       value is not written again, e.g. when ``-m evaluate`` re-scores a run already recorded;
@@ -183,8 +184,9 @@ def append(record: ResultRecord, path: str | os.PathLike = DEFAULT_PATH, unique:
 
 
 def _open_locked(path: Path) -> int:
-    """An ``O_APPEND`` descriptor of ``path`` holding its exclusive lock. A writer that replaced the file while
-    this one waited (:func:`_rewrite`) leaves the lock on the old inode: then open the new file and lock again."""
+    """An ``O_APPEND`` descriptor of ``path`` holding its exclusive lock. A writer that replaced the file
+    while this one waited (:func:`_rewrite`) leaves the lock on the old inode: then open the new file and lock
+    again."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         if fcntl is None:
@@ -220,7 +222,7 @@ def _parse(raw: bytes) -> dict | None:
 
 def _rewrite(path: Path, content: bytes) -> None:
     """Replace ``path`` by ``content``: a temporary file next to it, fsynced, renamed over it."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{path.suffix}.tmp")
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(content)

@@ -26,7 +26,7 @@ def _package_path(package: str, *parts: str) -> Path:
 
 
 def config_path(*parts: str) -> Path:
-    """``configs/<parts...>``, e.g. ``config_path("downstream")`` or ``config_path("pretrain", "asit_base.yaml")``."""
+    """``configs/<parts...>``, e.g. ``config_path("downstream")`` or ``config_path("pretrain", "x.yaml")``."""
     return _package_path("configs", *parts)
 
 
