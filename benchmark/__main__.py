@@ -8,6 +8,7 @@ checkpoint downloads.
     python -m benchmark tables [--plots]         # rebuild every paper table from results/results.jsonl
     python -m benchmark validate -u pkg.mod:fn   # check a plug-in upstream against the contract
     python -m benchmark download NAME            # fetch a released checkpoint into $ASTBENCH_CHECKPOINTS
+    python -m benchmark probe-curves RUN ...     # k-NN probe accuracy against pretraining step (--probe)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ COMMANDS = {  # name: (module, help)
     "tables": ("benchmark.tables", "rebuild the tables (markdown, CSV, LaTeX) from result records"),
     "validate": ("downstream.validate", "check an upstream (e.g. your module:builder) against the contract"),
     "download": ("upstream.download", "download a released checkpoint into $ASTBENCH_CHECKPOINTS, verified"),
+    "probe-curves": ("benchmark.probe_curves", "table and plot of probe accuracy against pretraining steps"),
 }
 
 

@@ -5,8 +5,8 @@
 ``probe_every`` steps, between the per-step loss lines. This module reads only those files, so it works on
 runs copied from another machine and needs nothing of the training code::
 
-    python -m benchmark.probe_curves exp/pretrain/ssast_demo exp/pretrain/mae_ast_demo --out exp/probe_curves
-    python -m benchmark.probe_curves SSAST=exp/pretrain/a/losses.jsonl MAE-AST=exp/pretrain/b --metric NAME
+    python -m benchmark probe-curves exp/pretrain/ssast_demo exp/pretrain/mae_ast_demo --out exp/probe_curves
+    python -m benchmark probe-curves SSAST=exp/pretrain/a/losses.jsonl MAE-AST=exp/pretrain/b --metric NAME
 
 Each argument is a run folder or a jsonl file, optionally prefixed ``LABEL=``; the default label is the run
 folder's name. The markdown table (always written) has one row per probed step and one column per run, in
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.probe_curves", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark probe-curves", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -40,7 +40,6 @@ def _run(recipe: str, out: Path, data: Path, *overrides: str) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "losses.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["ssast_patch_mini", "mae_ast_patch_mini"])
 def test_cache_gives_the_losses_of_the_waveform_path(recipe, short_clips, tmp_path):
     """SSAST: fixed length, padded with normalised zeros; MAE-AST: variable length, batch padding."""

@@ -107,6 +107,10 @@ def test_report_and_cli(tmp_path, runs, capsys):
     assert not list(out.glob("*.tmp"))
     assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "probe_curves: error:" in capsys.readouterr().err
+    from benchmark.__main__ import main as benchmark_main  # the same through python -m benchmark
+
+    assert benchmark_main(["probe-curves", f"A={runs[0]}", "--out", str(out), "--name", "via_cli"]) == 0
+    assert "| 50 | 30.0 |" in (out / "via_cli.md").read_text()
 
 
 def test_plot_is_written_with_matplotlib(tmp_path, runs):
