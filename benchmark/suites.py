@@ -7,7 +7,7 @@
 
 A suite is a table of ``benchmark/published`` (or one built in code, like the demo's): each row that says how
 it is produced (``Row.run``) gives one job per column (task x mode), seed and fold. A row whose ``RunSpec``
-names a pretraining recipe is pretrained first (:mod:`benchmark.pretraining`, shared between rows and tables
+names a pretraining recipe is pretrained first (:mod:`benchmark.pretrain_runs`, shared between rows and tables
 with the same recipe and overrides, resumed if a previous sweep was killed). Each job is one
 :class:`downstream.DownstreamJob` labelled with its row, so its result records land in the table's row.
 
