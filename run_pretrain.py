@@ -2,7 +2,7 @@
 
     python run_pretrain.py -u ssast_patch -c configs/pretrain/ssast_patch_400.yaml --data DIR_OR_MANIFEST \\
         -n my_run [-o optim.lr=5e-5 -o max_steps=20000 ...] [--resume] [--device cuda|cpu] [--fbank-cache DIR]
-        [--probe folder --probe-data-root LABELLED_DIR -o probe_every=200]
+        [--probe TASK [TASK ...] --probe-data-root LABELLED_DIR -o probe_every=200]
     torchrun --nproc_per_node 4 run_pretrain.py ...          # DDP: batch_size stays the global batch
 
 Writes ``<expdir>/<name>/``: ``config.yaml`` (resolved), ``last.ckpt``, ``losses.jsonl``, ``tb/`` and, once
@@ -11,8 +11,9 @@ upstream of the family>", ckpt=...)``), whose path is printed on stdout. A folde
 written into without ``--resume``, nor with another configuration; ``--resume`` refuses changed settings (each
 differing key is named) unless ``--allow-config-change``. SIGTERM / Ctrl-C: ``last.ckpt`` is saved after the
 step under way (at the next ``log_every`` step under torchrun), no ``upstream.pt`` is written; ``--resume``
-continues exactly. ``--probe TASK``: a k-NN probe (``downstream.knn``) of the encoder on a labelled task at
-step 0 and every ``probe_every`` steps, to ``losses.jsonl`` and tensorboard ``probe/knn_accuracy``.
+continues exactly. ``--probe TASK [TASK ...]``: a k-NN probe (``downstream.knn``) of the encoder on each
+labelled task at step 0 and every ``probe_every`` steps, one ``losses.jsonl`` line per task and tensorboard
+``probe/knn_accuracy``.
 
 Exit codes: 0 done, 1 non-finite loss (the last good checkpoint, if any, kept), 2 bad arguments, config, data
 or run folder (one ``error:`` line), 128 + the signal's number when stopped by one (143 SIGTERM, 130 SIGINT).
@@ -27,20 +28,27 @@ import sys
 import pretrain
 from common.config import ConfigError
 
+PROBE_CLIPS = 4000  # per probed task: leave-one-group-out over this many clips gives about +-1.5 points
+
 
 def make_probe(args: argparse.Namespace, rank: int):
-    """The ``--probe`` callback (``downstream.knn.KnnProbe``), or None. Only rank 0 reads the data and probes;
-    the other ranks get a stand-in so that every rank syncs at the same probe steps."""
+    """The ``--probe`` callback (one ``downstream.knn.KnnProbe`` per task, as a ``ProbeSet``), or None. Only
+    rank 0 reads the data and probes; the other ranks get a stand-in so that every rank syncs at the same
+    probe steps."""
     if not args.probe:
         return None
     if rank != 0:
-        return lambda objective, step: {}
-    from downstream.knn import KnnProbe  # the CLI joins the two packages; pretrain never imports downstream
+        return lambda objective, step: []
+    from downstream.knn import KnnProbe, ProbeSet  # the CLI joins the two packages; pretrain never imports it
 
-    try:
-        return KnnProbe(args.probe, args.probe_data_root, max_clips=args.probe_clips)
-    except ValueError as err:  # unknown or multi-label task, a data layout error (DatasetLayoutError)
-        raise ConfigError(f"--probe {args.probe}: {' '.join(str(err).split())}") from None
+    probes = []
+    for task in args.probe:
+        try:
+            probes.append(KnnProbe(task, args.probe_data_root, max_clips=args.probe_clips,
+                                   upstream=args.probe_upstream))
+        except ValueError as err:  # unknown or multi-label task, a data layout error (DatasetLayoutError)
+            raise ConfigError(f"--probe {task}: {' '.join(str(err).split())}") from None
+    return ProbeSet(probes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,19 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     add("--expdir", default="exp/pretrain", help="parent folder of experiments")
     add("--fbank-cache", metavar="DIR", help="precompute the recipe's fbank of every file once into DIR "
         "(memory-mapped shards) and train on crops of it, not decoding audio (= -o data.fbank_cache=DIR)")
-    add("--probe", metavar="TASK", help="k-NN probe of the encoder on this labelled task (e.g. folder) at "
-        "step 0 and every probe_every steps, to losses.jsonl and tensorboard")
-    add("--probe-data-root", metavar="DIR", help="the --probe task's data (default $ASTBENCH_DATA)")
-    add("--probe-clips", type=int, default=512, metavar="N",
-        help="--probe: at most N clips of the train and of the test split (default 512)")
+    add("--probe", metavar="TASK", nargs="+", help="k-NN probe of the encoder on these labelled tasks (e.g. "
+        "folder) at step 0 and every probe_every steps, to losses.jsonl and tensorboard: leave one speaker "
+        "or fold out over every clip, on the time-mean of last_hidden_state of the upstream the downstream "
+        "loads")
+    add("--probe-data-root", metavar="DIR", help="the --probe tasks' data (default $ASTBENCH_DATA)")
+    add("--probe-clips", type=int, default=PROBE_CLIPS, metavar="N",
+        help=f"--probe: at most N clips per task, a seeded draw (default {PROBE_CLIPS})")
+    add("--probe-upstream", metavar="NAME", help="--probe: the registered upstream to load the encoder as "
+        "(default: the family's, as its upstream.pt loads)")
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.allow_config_change and not args.resume:
         p.error("--allow-config-change only applies with --resume")
-    if (args.probe_data_root is not None or args.probe_clips != 512) and not args.probe:
-        p.error("--probe-data-root / --probe-clips only apply with --probe TASK")
+    if (args.probe_data_root is not None or args.probe_clips != PROBE_CLIPS or args.probe_upstream) \
+            and not args.probe:
+        p.error("--probe-data-root / --probe-clips / --probe-upstream only apply with --probe TASK")
     try:
         cfg = pretrain.resolve_config(args.upstream, args.config, args.override,
                                       out_dir=os.path.join(args.expdir, args.name), data=args.data,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from upstream.interface import run_upstream
 from upstream.kaldi import num_frames as fbank_frames
 
 __all__ = ["FrameGrid", "frame_grid", "frame_features"]
@@ -138,8 +139,9 @@ def frame_features(up: nn.Module, audio: torch.Tensor, grid: FrameGrid, layer: i
             length = min(S, p * grid.piece + grid.piece + grid.context) - p * grid.piece
             by_len.setdefault(length, []).append((i, p))
         for length, group in by_len.items():
-            res = up([audio[i, p * grid.piece:p * grid.piece + length] for i, p in group])
-            feats = res["last_hidden_state"] if layer is None else res["hidden_states"][layer]  # (b, t, H)
+            res = run_upstream(up, [audio[i, p * grid.piece:p * grid.piece + length] for i, p in group],
+                               [] if layer is None else [layer])  # only the layer read is kept
+            feats = res["last_hidden_state"] if layer is None else res["hidden_states"][0]  # (b, t, H)
             if out is None:
                 out = feats.new_zeros(n, T, feats.shape[-1], dtype=torch.float32)
             for b, (i, p) in enumerate(group):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from upstream.frontend import resample
+from upstream.interface import run_upstream
 
 from .framing import FrameGrid, frame_features, frame_grid
 
@@ -142,4 +143,4 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HEARModel) -> tuple[tor
 def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
     """HEAR's clip embeddings: (n_sounds, ``scene_embedding_size``) float32, the upstream's ``clip``."""
     wavs = model.model_audio(audio)
-    return model.upstream(list(wavs))["clip"].float()
+    return run_upstream(model.upstream, list(wavs), [])["clip"].float()  # no hidden state kept

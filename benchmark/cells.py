@@ -19,21 +19,47 @@ Aggregation (std is the sample std, ``ddof=1``):
   suites write those values as records of the task's ``TaskSpec.selected_split``; a cell that has them uses
   only them. A cell with only the per-fold ``test`` records (each fold at its own best step, which is
   optimistic) is flagged (:attr:`CellStats.fold_best`).
+
+Confidence intervals (:mod:`benchmark.stats`), for complete accuracy cells: the per-clip correctness of the
+records (``downstream.results.per_clip``), folds side by side and seeds stacked (:class:`ClipSet`), gives
+:attr:`CellStats.interval`, the 95% interval over test clips of the seed-averaged accuracy. Records without
+per-clip bits (older ones) give a conservative interval from their values and clip counts. Two rows scored on
+the same clips (same ``clip_ids_sha1`` per fold) are compared clip by clip (:func:`pair_difference`).
 """
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from downstream.results import ResultRecord
+import numpy as np
+
+from downstream.results import ResultRecord, per_clip
 from downstream.tasks import TASKS, TaskSpec
 
 from .provenance import Provenance
 from .published import Column, PaperTable, Row
+from .stats import (
+    Difference,
+    Interval,
+    accuracy_interval,
+    paired_difference,
+    pooled_interval,
+    unpaired_difference,
+)
 
-__all__ = ["CellStats", "Cell", "OtherRun", "cell_stats", "table_cells", "has_paper_numbers", "other_runs"]
+__all__ = ["CellStats", "Cell", "ClipSet", "OtherRun", "PairCell", "RowPair", "cell_stats", "differences",
+           "table_cells", "has_paper_numbers", "other_runs", "pair_difference"]
+
+
+@dataclass(frozen=True)
+class ClipSet:
+    """The per-clip correctness of a complete cell: one line per seed, the folds' clips side by side."""
+
+    correct: np.ndarray  # (seeds, clips) bool
+    seeds: tuple[int, ...]  # the seed of each line
+    digests: tuple[tuple[int | None, str], ...]  # (fold, clip_ids_sha1) in column order: what was scored
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,10 @@ class CellStats:
     expected_folds: int  # folds a complete cell needs per seed (0 for tasks without folds)
     ckpts: frozenset[str]  # distinct ckpt_sha256 of the records used (None counts as "")
     fold_best: bool = False  # ESC-50 without fold-averaged selection records: each fold at its own best step
+    seeds: tuple[int, ...] = ()  # the seeds of a complete cell, in order
+    # the 95% interval over test clips (benchmark.stats) of a complete accuracy cell; None without clip data
+    interval: Interval | None = field(default=None, compare=False)
+    clips: ClipSet | None = field(default=None, compare=False, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -117,12 +147,17 @@ def _aggregate(mine: Sequence[ResultRecord], column: Column,
     if not used:
         return CellStats(0, None, None, 0, 0, len(folds), frozenset())
     by_seed: dict[int, list[float]] = {}
+    seed_records: dict[int, list[ResultRecord]] = {}
     for r in used:
         by_seed.setdefault(r.seed, []).append(float(r.value))
+        seed_records.setdefault(r.seed, []).append(r)
     n_folds = min(len(v) for v in by_seed.values()) if folds else 0
     if folds and n_folds < len(folds):  # incomplete: the mean of what is there, no spread
         mean = statistics.fmean(float(r.value) for r in used)
         return CellStats(len(used), mean, None, len(by_seed), n_folds, len(folds), ckpts, fold_best)
+    seeds = tuple(sorted(by_seed))
+    clips = _clip_set(seed_records) if column.metric == "accuracy" else None
+    interval = _interval(seed_records, clips) if column.metric == "accuracy" else None
     seed_means = [statistics.fmean(v) for v in by_seed.values()]
     if len(seed_means) > 1:
         mean, std = statistics.fmean(seed_means), statistics.stdev(seed_means)
@@ -131,7 +166,55 @@ def _aggregate(mine: Sequence[ResultRecord], column: Column,
         mean, std = statistics.fmean(values), statistics.stdev(values)
     else:
         mean, std = seed_means[0], None
-    return CellStats(len(used), mean, std, len(by_seed), n_folds, len(folds), ckpts, fold_best)
+    return CellStats(len(used), mean, std, len(by_seed), n_folds, len(folds), ckpts, fold_best, seeds,
+                     interval, clips)
+
+
+def _in_fold_order(records: Sequence[ResultRecord]) -> list[ResultRecord]:
+    return sorted(records, key=lambda r: (r.fold is None, r.fold or 0))
+
+
+def _clip_set(seed_records: dict[int, list[ResultRecord]]) -> ClipSet | None:
+    """The cell's per-clip correctness, or None when a record has none or the seeds scored different clips
+    (then they cannot be averaged clip by clip)."""
+    lines, digests = [], None
+    for seed in sorted(seed_records):
+        recs = _in_fold_order(seed_records[seed])
+        parts = [per_clip(r) for r in recs]
+        if any(p is None for p in parts):
+            return None
+        these = tuple((r.fold, p.clip_ids_sha1) for r, p in zip(recs, parts))
+        if digests is not None and these != digests:
+            return None
+        digests = these
+        lines.append(np.concatenate([p.correct for p in parts]))
+    return ClipSet(np.stack(lines), tuple(sorted(seed_records)), digests or ())
+
+
+def _interval(seed_records: dict[int, list[ResultRecord]], clips: ClipSet | None) -> Interval | None:
+    """The cell's interval: from the clips, else (records without per-clip bits) from each seed's pooled
+    accuracy and the clip counts, else None."""
+    if clips is not None:
+        return accuracy_interval(clips.correct)
+    counts, values = set(), []
+    for seed in sorted(seed_records):
+        recs = seed_records[seed]
+        n = [(r.predictions or {}).get("clips") for r in recs]
+        if not all(isinstance(k, int) and k > 0 for k in n):
+            return None
+        counts.add(sum(n))
+        values.append(sum(k * float(r.value) for k, r in zip(n, recs)) / sum(n))  # pooled over folds
+    return pooled_interval(values, min(counts)) if len(counts) == 1 else None
+
+
+def pair_difference(a: CellStats, b: CellStats) -> Difference | None:
+    """Row ``a``'s cell minus row ``b``'s (same column): clip by clip when both carry per-clip correctness of
+    the same clips, else the conservative unpaired interval; None when either has no interval."""
+    if a.clips is not None and b.clips is not None and a.clips.digests == b.clips.digests:
+        return paired_difference(a.clips.correct, b.clips.correct, a.clips.seeds, b.clips.seeds)
+    if a.interval is not None and b.interval is not None:
+        return unpaired_difference(a.interval, b.interval, a.seeds, b.seeds)
+    return None
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -158,6 +241,45 @@ def table_cells(table: PaperTable, records: Sequence[ResultRecord], prov: Proven
     """The cells of every row (outer list) and column (inner list)."""
     return [[Cell(cell_stats(records, table, row, col, prov), row.values.get(col.key), col.scale)
              for col in table.columns] for row in table.rows]
+
+
+# ------------------------------------------------------------------------------------------ row pairs
+@dataclass(frozen=True)
+class RowPair:
+    """Two rows of a table compared clip by clip: ``a`` minus ``b`` (row labels), e.g. a family pretrained
+    against the same architecture from scratch; ``a_word`` / ``b_word`` name them in the verdicts."""
+
+    a: str
+    b: str
+    title: str  # e.g. "SSAST"
+    a_word: str = "pretrained"
+    b_word: str = "scratch"
+
+
+@dataclass(frozen=True)
+class PairCell:
+    """One pair in one column: the two cells and their difference (None without intervals)."""
+
+    pair: RowPair
+    column_key: str
+    a: CellStats
+    b: CellStats
+    difference: Difference | None
+
+
+def differences(table: PaperTable, cells: list[list[Cell]], pairs: Sequence[RowPair]) -> list[PairCell]:
+    """Per pair (in order) and column, the difference of the two rows' cells; pairs naming a row the table
+    does not have are an error."""
+    index = {row.label: i for i, row in enumerate(table.rows)}
+    out = []
+    for pair in pairs:
+        missing = [x for x in (pair.a, pair.b) if x not in index]
+        if missing:
+            raise ValueError(f"row pair {pair.title!r}: table {table.id!r} has no row(s) {missing}")
+        for j, col in enumerate(table.columns):
+            a, b = cells[index[pair.a]][j].stats, cells[index[pair.b]][j].stats
+            out.append(PairCell(pair, col.key, a, b, pair_difference(a, b)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ other runs

@@ -6,10 +6,13 @@
   environmental scenes of overlapping events, and modulated coloured noise.
 * ``speech_commands_v0.02/``: the Speech Commands v0.02 layout, split by the dataset's sha1 speaker hash.
   A word is a fixed sequence of 2-4 phones from one small inventory (formant-synthesised vowels and nasals,
-  fricative noise, plosive closures and bursts), so words share phones; every second word reverses the one
-  before, which a mean spectrum cannot tell apart. Speakers differ in pitch, vocal-tract length, rate and
-  accent; takes in timing, onset, level, noise and room.
-* ``ESC-50-master/``: the ESC-50 layout (44.1 kHz, ``meta/esc50.csv``, 5 folds balanced per class) with
+  fricative noise, plosive closures and bursts), so words share phones, but no word is an anagram of another
+  (a time-averaged feature can tell every pair apart). Speakers differ in pitch, vocal-tract length, rate and
+  accent; takes in timing, onset, level, noise and room: what a self-supervised encoder can learn to ignore.
+  The test split holds many speakers (``DemoSize.test_speakers``), so that a 95 % interval on its accuracy is
+  about +-3 points.
+* ``ESC-50-master/``: the ESC-50 layout (44.1 kHz, ``meta/esc50.csv``, 5 folds balanced per class; the five
+  held-out folds together score every clip) with
   synthetic classes that overlap in structure (periodic vs irregular clicks, sweeps vs steady tones, noises),
   at a random SNR and sometimes with a quieter distractor from another class.
 
@@ -37,7 +40,7 @@ from .demo_audio import ESC_CATEGORIES
 
 __all__ = ["DemoSize", "SIZES", "VERSION", "ESC_CATEGORIES", "generate", "add_arguments", "run"]
 
-VERSION = 1  # bump whenever the generated audio changes, so that old corpora are regenerated
+VERSION = 2  # bump whenever the generated audio changes, so that old corpora are regenerated
 BACKGROUND_SECS = 30.0  # each _background_noise_ file (about 60 s in the real set)
 _ESC10 = {"dog", "rain", "crackling_fire", "clock_tick"}  # ours that the real file marks esc10=True
 _BACKGROUNDS = ["white_noise", "pink_noise", "running_tap", "doing_the_dishes"]
@@ -47,8 +50,9 @@ _BACKGROUNDS = ["white_noise", "pink_noise", "running_tap", "doing_the_dishes"]
 class DemoSize:
     """How much to generate; recorded in ``demo.json``, so a change regenerates the corpus.
 
-    ``n_speakers``: 10 % each (at least one) hash into validation and testing. ``esc_classes``: the first
-    ``esc_classes`` of ``ESC_CATEGORIES``. ``esc_clips_per_class``: a multiple of 5, one fifth per fold.
+    ``n_speakers``: ``valid_speakers`` and ``test_speakers`` of them hash into validation and testing (None:
+    10 % each, at least one), the rest into train. ``esc_classes``: the first ``esc_classes`` of
+    ``ESC_CATEGORIES``. ``esc_clips_per_class``: a multiple of 5, one fifth per fold.
     """
 
     name: str
@@ -60,6 +64,15 @@ class DemoSize:
     esc_classes: int
     esc_clips_per_class: int
     esc_secs: float  # 5 s in the real set
+    valid_speakers: int | None = None
+    test_speakers: int | None = None
+
+    def quota(self) -> dict[str, int]:
+        """Speakers per split: ``{"validation", "testing", "train"}``."""
+        tenth = max(1, round(0.1 * self.n_speakers))
+        valid = tenth if self.valid_speakers is None else self.valid_speakers
+        test = tenth if self.test_speakers is None else self.test_speakers
+        return {"validation": valid, "testing": test, "train": self.n_speakers - valid - test}
 
     def __post_init__(self) -> None:
         if not 1 <= self.esc_classes <= len(ESC_CATEGORIES):
@@ -68,25 +81,27 @@ class DemoSize:
             raise ValueError(f"esc_clips_per_class must be a multiple of 5, got {self.esc_clips_per_class}")
         if self.n_speakers < 3 or self.n_words < 2 or self.takes_per_speaker < 1 or self.n_unlabeled < 0:
             raise ValueError(f"need n_speakers >= 3, n_words >= 2, takes_per_speaker >= 1; got {self}")
+        if min(self.quota().values()) < 1:
+            raise ValueError(f"every split needs a speaker: valid_speakers and test_speakers must be >= 1 "
+                             f"and leave train one of n_speakers; got {self}")
 
 
-SIZES = {  # small: about 800 s of audio for a 2-core CPU; large: about 8x, ESC clips at full length
-    "small": DemoSize("small", 400, 2.0, 8, 50, 2, 10, 20, 2.0),
-    "large": DemoSize("large", 2000, 4.0, 12, 200, 3, 12, 40, 5.0),
+SIZES = {  # test sets of about 1,000 clips per task (a 95 % interval of about +-3 points);
+    # small: 800 s of unlabeled audio for a 2-core CPU; large: 10x, 12 words and classes, ESC at full length
+    "small": DemoSize("small", 400, 2.0, 10, 60, 4, 10, 100, 2.0, valid_speakers=5, test_speakers=25),
+    "large": DemoSize("large", 2000, 4.0, 12, 200, 3, 12, 100, 5.0, valid_speakers=20, test_speakers=30),
 }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Layouts and the corpus
 # ----------------------------------------------------------------------------------------------------------
-def _speaker_ids(rng, n):
-    """``n`` distinct 8-hex-digit speaker ids by split; 10 % (at least 1) hash into validation and testing."""
+def _speaker_ids(rng, quota: dict[str, int]):
+    """Distinct 8-hex-digit speaker ids, ``quota[split]`` of them hashing into each split."""
     from downstream.datasets import speech_commands_hash_percentage  # imported here: that module loads torch
 
-    quota = {"validation": max(1, round(0.1 * n)), "testing": max(1, round(0.1 * n))}
-    quota["train"] = n - quota["validation"] - quota["testing"]
     ids: dict[str, list[str]] = {split: [] for split in quota}
-    while sum(map(len, ids.values())) < n:
+    while sum(map(len, ids.values())) < sum(quota.values()):
         sid = f"{int(rng.integers(2**32)):08x}"
         pct = speech_commands_hash_percentage(f"{sid}_nohash_0.wav")  # the dataset's rule, as in s3prl
         split = "validation" if pct < 10 else "testing" if pct < 20 else "train"
@@ -103,7 +118,7 @@ def _layouts(out: Path, seed: int, size: DemoSize):
     args = (size.unlabeled_secs, lexicon)
     jobs["unlabeled"] = [("unlabeled", out / f"unlabeled/{i:05d}.wav", seed, (i,), args)
                          for i in range(size.n_unlabeled)]  # fmt: skip
-    sc, speakers = out / "speech_commands_v0.02", _speaker_ids(rng, size.n_speakers)
+    sc, speakers = out / "speech_commands_v0.02", _speaker_ids(rng, size.quota())
     order = sorted(s for ids in speakers.values() for s in ids)
     voice_seeds = [np.random.SeedSequence([seed, demo_audio.PARTS["speaker"], s]) for s in range(len(order))]
     voices = [demo_audio.voice(np.random.default_rng(ss)) for ss in voice_seeds]

@@ -12,6 +12,11 @@ raised and the tables are written all the same.
   points are hollow. The legend sits outside the axes so it never covers a line.
 
 Ours is what the tables count (:mod:`benchmark.provenance`): other runs are not plotted. User rows are.
+
+Tables of row pairs (the demo's pretrained and from-scratch rows, :class:`benchmark.cells.RowPair`):
+:func:`write_pair_plot`, one panel per column, per pair a bar of each row in two colours (the same two for
+every pair), the 95% interval over test clips on every bar, and ``*`` over a pair whose paired difference is
+significant (its interval excludes 0).
 """
 from __future__ import annotations
 
@@ -23,11 +28,13 @@ from pathlib import Path
 
 from downstream import results
 
-from .cells import CellStats, cell_stats, has_paper_numbers
+from .cells import CellStats, RowPair, cell_stats, differences, has_paper_numbers, table_cells
 from .provenance import Provenance
 from .published import Column, PaperTable, select_tables
 
-__all__ = ["PlotsUnavailable", "flagged", "sweep_value", "write_plots"]
+__all__ = ["PlotsUnavailable", "flagged", "sweep_value", "write_pair_plot", "write_plots"]
+
+PAIR_COLOURS = ("#1f77b4", "#ff7f0e")  # row a (pretrained), row b (scratch): the same in every panel
 
 
 class PlotsUnavailable(RuntimeError):
@@ -177,3 +184,91 @@ def write_plots(records_path: str | os.PathLike, out_dir: str | os.PathLike,
         if line is not None:
             written.append(line)
     return written
+
+
+def _bar_value(stats: CellStats, scale: float) -> tuple[float, float, float]:
+    """(height, below, above) of a bar: the interval's mean and its distances to lo and hi; a cell without an
+    interval draws its mean and no error bar, one without a result nothing."""
+    iv = stats.interval
+    if iv is not None:
+        return iv.mean * scale, (iv.mean - iv.lo) * scale, (iv.hi - iv.mean) * scale
+    if stats.mean is None:
+        return float("nan"), 0.0, 0.0
+    return stats.mean * scale, 0.0, 0.0
+
+
+def write_pair_plot(records_path: str | os.PathLike, path: str | os.PathLike, table: PaperTable,
+                    pairs: Sequence[RowPair], provenance: Provenance | None = None) -> Path:
+    """Draw ``table``'s row pairs to ``path`` (PNG): one panel per column, per pair two bars (row ``a`` and
+    row ``b``, one colour each across all pairs) with their 95% intervals, ``*`` over significant differences.
+
+    Raises:
+        PlotsUnavailable: matplotlib is not installed (nothing is written).
+        ValueError: a corrupt records file, or a pair naming a row the table lacks.
+    """
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    prov = provenance if provenance is not None else Provenance()
+    table = prov.with_user_rows(table)
+    records = results.load(records_path)
+    cells = table_cells(table, records, prov)
+    pcs = differences(table, cells, pairs)
+    index = {row.label: i for i, row in enumerate(table.rows)}
+    n = len(table.columns)
+    ncols = n if n <= 3 else 2
+    nrows = -(-n // ncols)
+    width = max(4.0, 1.1 * len(pairs) + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 4.0 * nrows), squeeze=False)
+    x = list(range(len(pairs)))
+    any_significant = False
+    for j, (ax, col) in enumerate(zip(axes.flat, table.columns)):
+        tops = []
+        for side, (offset, colour) in enumerate(zip((-0.2, 0.2), PAIR_COLOURS)):
+            vals = [_bar_value(cells[index[p.a if side == 0 else p.b]][j].stats, col.scale) for p in pairs]
+            bars = ax.bar([i + offset for i in x], [v[0] for v in vals], 0.4, color=colour,
+                          yerr=[[v[1] for v in vals], [v[2] for v in vals]], capsize=3, ecolor="black",
+                          error_kw={"elinewidth": 1})
+            for bar, v in zip(bars, vals):  # the value inside the bar, or above its base when it is too short
+                if v[0] == v[0]:
+                    tall = v[0] >= 8
+                    ax.text(bar.get_x() + bar.get_width() / 2, v[0] / 2 if tall else 0.5, f"{v[0]:.1f}",
+                            ha="center", va="center" if tall else "bottom", fontsize=7,
+                            color="white" if tall else "black")
+            tops.append([v[0] + v[2] for v in vals])
+        for i, pair in enumerate(pairs):
+            pc = next(p for p in pcs if p.pair == pair and p.column_key == col.key)
+            if pc.difference is not None and pc.difference.significant:
+                any_significant = True
+                top = max(t for t in (tops[0][i], tops[1][i]) if t == t)
+                ax.text(i, top + 2.0, "*", ha="center", va="bottom", fontsize=14, fontweight="bold")
+            for side, offset in enumerate((-0.2, 0.2)):
+                if tops[side][i] != tops[side][i]:  # NaN: the row has no result in this column
+                    ax.text(i + offset, 1.0, "no result", ha="center", va="bottom", rotation=90, fontsize=7,
+                            color="grey")
+        finite = [t for side in tops for t in side if t == t]
+        ax.set_ylim(0, max(finite + [1.0]) * 1.15 + 3.0)
+        ax.set_xlim(-0.6, len(pairs) - 0.4)
+        ax.set_title(col.title or col.key, fontsize=9)
+        ax.set_ylabel(_ylabel(col), fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([p.title for p in pairs], fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    words = (pairs[0].a_word, pairs[0].b_word) if pairs else ("a", "b")
+    handles = [Patch(color=PAIR_COLOURS[0], label=words[0]), Patch(color=PAIR_COLOURS[1], label=words[1]),
+               Line2D([], [], color="black", marker="|", linestyle="none", markersize=10,
+                      label="95% interval over test clips")]
+    handles.append(Line2D([], [], color="black", marker="*", linestyle="none", markersize=9,
+                          label=f"{words[0]} − {words[1]} significant (paired 95% interval excludes 0)"
+                          + ("" if any_significant else ": none here")))
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.04),
+               frameon=False)
+    fig.suptitle(textwrap.fill(table.title, 45 * ncols), fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out

@@ -74,12 +74,16 @@ def pretrain_finished(out: Path) -> bool:
 
 def ensure_pretrained(run: RunSpec, expdir: str | Path, data: str | None = None,
                       corpora: Mapping[str, str] | None = None, extra_overrides: Sequence[str] = (),
-                      device: str | None = None, log: Callable[[str], None] = print) -> Path:
+                      device: str | None = None, log: Callable[[str], None] = print,
+                      make_probe: Callable[[], Callable | None] | None = None) -> Path:
     """Pretrain ``run`` under ``expdir`` unless it is done, resuming a stopped run; its ``upstream.pt``.
 
     Args:
         data, corpora: the sweep's pretraining data (:func:`pretrain_data`); read only when a run is needed.
         extra_overrides: the sweep's pretraining overrides, after the row's.
+        make_probe: called only when a run is needed: ``pretrain.run``'s probe callback (e.g. a
+            ``downstream.knn.ProbeSet``, called at step 0 and every ``probe_every`` steps; its records go to
+            the run's ``losses.jsonl``) or None.
 
     Raises:
         PretrainRunError: no data for the row, or the loss became non-finite.
@@ -99,7 +103,7 @@ def ensure_pretrained(run: RunSpec, expdir: str | Path, data: str | None = None,
     log(f"pretraining {out.name}{' (resumed)' if resume else ''}: -u {run.pretrain_upstream} "
         f"-c {run.pretrain} " + " ".join(f"-o {o}" for o in overrides))
     try:
-        pretrain.run(cfg, resume=resume)
+        pretrain.run(cfg, resume=resume, probe=make_probe() if make_probe is not None else None)
     except pretrain.NonFiniteLossError as err:  # the sweep goes on with other rows; this one has no encoder
         raise PretrainRunError(f"pretraining {out} failed: {err}") from None
     if dist.is_initialized():  # under torchrun rank 0 writes upstream.pt: the others wait for it

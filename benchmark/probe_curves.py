@@ -41,6 +41,8 @@ class ProbePoint:
     value: float
     majority: float | None = None
     chance: float | None = None
+    n_clips: int | None = None  # clips scored, where the probe says (downstream.knn.KnnProbe does)
+    ci95: float | None = None  # half-width of the score's 95 % interval (a fraction), where the probe says
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,12 @@ def read_probe_curves(path: str | os.PathLike, label: str | None = None,
         value = _number(probe[metric], where, metric)
         if value is None:
             raise ValueError(f"{where}: probe {metric!r} is null; a diverged encoder's score is NaN")
+        n_clips = _number(probe.get("n_clips"), where, "n_clips")
         point = ProbePoint(step, value,
                            _number(probe.get("majority"), where, "majority"),
-                           _number(probe.get("chance"), where, "chance"))
+                           _number(probe.get("chance"), where, "chance"),
+                           None if n_clips is None else int(n_clips),
+                           _number(probe.get("ci95"), where, "ci95") if metric == "knn_accuracy" else None)
         by_task.setdefault(str(probe.get("task", "?")), {})[point.step] = point
     if not by_task:
         raise ValueError(f"{file}: no probe records (was the run started with --probe TASK?)")
@@ -150,6 +155,15 @@ def _pct(value: float | None) -> str:
     if value is None:
         return "–"
     return "diverged" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _spread(curve: ProbeCurve) -> str:
+    """``N, +-W`` (the largest half-width over the curve's probes, in points), or ``–``."""
+    clips = {p.n_clips for p in curve.points if p.n_clips}
+    widths = [p.ci95 for p in curve.points if p.ci95 is not None and math.isfinite(p.ci95)]
+    if not clips:
+        return "–"
+    return "/".join(map(str, sorted(clips))) + (f", ±{100 * max(widths):.1f}" if widths else "")
 
 
 def curves_table(curves: Sequence[ProbeCurve]) -> str:
@@ -167,6 +181,8 @@ def curves_table(curves: Sequence[ProbeCurve]) -> str:
             out.append(f"| {s} | " + " | ".join(_pct(c.at(s)) for c in group) + " |")
         out.append("| majority class | " + " | ".join(_pct(c.majority) for c in group) + " |")
         out.append("| chance | " + " | ".join(_pct(c.chance) for c in group) + " |")
+        if any(p.n_clips for c in group for p in c.points):
+            out.append("| clips scored, 95% interval | " + " | ".join(_spread(c) for c in group) + " |")
         gains = ["–" if c.gain is None else ("diverged" if math.isnan(c.gain) else f"{100 * c.gain:+.1f}")
                  for c in group]
         out.append("| last - step 0 (points) | " + " | ".join(gains) + " |")
@@ -192,6 +208,11 @@ def plot_curves(curves: Sequence[ProbeCurve], path: str | os.PathLike) -> Path:
         for k, c in enumerate(group):
             ax.plot([p.step for p in c.points], [100 * p.value for p in c.points], "-o", color=f"C{k % 10}",
                     markersize=4, label=c.label)
+            band = [p for p in c.points if p.ci95 is not None and math.isfinite(p.ci95)]
+            if band:  # the 95 % interval over the probe's clips
+                ax.fill_between([p.step for p in band], [100 * (p.value - p.ci95) for p in band],
+                                [100 * (p.value + p.ci95) for p in band], color=f"C{k % 10}", alpha=0.15,
+                                linewidth=0)
         baselines = [(group[0].majority, "majority class", ":"), (group[0].chance, "chance", "--")]
         if baselines[0][0] is not None and baselines[0][0] == baselines[1][0]:  # balanced classes: one line
             baselines = [(baselines[0][0], "majority class = chance", "--")]

@@ -1,6 +1,11 @@
 """Speed benchmark: fbank throughput, frozen feature extraction and pretraining steps, with MFU.
 
     python -m benchmark.speed [--device cuda] [--batch 64] [--peak-tflops 989]        # fbank + features
+    python -m benchmark.speed long ssast_patch_400 --secs 300 --layers all none 11 [--set target_length=1024]
+        # one long clip on CPU, each layer request in a fresh process: peak RSS, CPU seconds, MB returned
+    python -m benchmark.speed --device cpu --feature-batch 4 --official --skip-fbank
+        # frozen features of every base upstream on CPU, each next to its official s3prl expert on the same
+        # clips (that column needs the s3prl extra: pip install 'astbench[s3prl]')
     python -m benchmark.speed pretrain [--device cuda] [--size base|mini] [--batch-size ssast=24 ...]
         [--steps 20] [--warmup 5] [--amp bf16|fp32] [--compile] [--data DIR] [--peak-tflops 989]
     python -m benchmark.speed all --out DIR [--device cuda] [--size base|mini] [--compile off|on|both]
@@ -40,6 +45,7 @@ from .speed_measure import (
     feature_rows,
     free_memory,
     largest_batch,
+    long_clip_rows,
 )
 
 BASE_UPSTREAMS = ["ssast_patch_400", "ssast_frame_400", "mae_ast_patch", "mae_ast_frame", "asit_base"]
@@ -249,10 +255,37 @@ def main_all(argv: list[str]) -> int:
     return 1 if report["errors"] else 0
 
 
+LONG_COLUMNS = ("upstream", "clip s", "layers", "model RSS MB", "peak RSS MB", "returned MB", "CPU s",
+                "wall s")
+
+
+def main_long(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.speed long",
+                                description="one long clip through a frozen upstream on CPU, each layer "
+                                            "request in a fresh process: peak RSS, CPU seconds, MB returned")
+    p.add_argument("upstream")
+    p.add_argument("--secs", type=float, default=300.0)
+    p.add_argument("--layers", nargs="+", default=["all", "none"],
+                   help="requests: 'all', 'none' (last_hidden_state only) or comma-separated block indices")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT", help="upstream overrides (integers)")
+    args = p.parse_args(argv)
+    try:
+        requests = [None if r == "all" else [] if r == "none" else [int(i) for i in r.split(",")]
+                    for r in args.layers]
+        overrides = {k: int(v) for k, _, v in (item.partition("=") for item in args.set)}
+    except ValueError as err:
+        p.error(f"--layers / --set: {err}")
+    print("command: python -m benchmark.speed long " + " ".join(shlex.quote(a) for a in argv))
+    print(format_table(long_clip_rows(args.upstream, args.secs, requests, overrides), LONG_COLUMNS))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pretrain"]:
         return main_pretrain(argv[1:])
+    if argv[:1] == ["long"]:
+        return main_long(argv[1:])
     if argv[:1] == ["all"]:
         return main_all(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,16 +295,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="bf16 dense peak of the device (H100 SXM: 989); MFU is shown only when given")
     p.add_argument("--upstreams", nargs="*", default=BASE_UPSTREAMS)
+    p.add_argument("--feature-batch", type=int, default=None,
+                   help="clips per feature batch (default: --batch, 4 on a CPU)")
+    p.add_argument("--official", action="store_true",
+                   help="time each upstream's official s3prl expert on the same clips (needs s3prl)")
+    p.add_argument("--min-secs", type=float, default=2.0, help="timing window of each figure")
     p.add_argument("--skip-features", action="store_true")
+    p.add_argument("--skip-fbank", action="store_true")
     args = p.parse_args(argv)
+    feature_batch = args.feature_batch or (4 if args.device == "cpu" else args.batch)
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True
     print("command: python -m benchmark.speed " + " ".join(shlex.quote(a) for a in argv))
     print(f"torch {torch.__version__}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device != "cpu" else ""))
-    rows = bench_fbank(args.device, args.batch)
+          + (f" ({torch.cuda.get_device_name()})" if args.device != "cpu" else
+             f" ({torch.get_num_threads()} threads)"))
+    rows = [] if args.skip_fbank else bench_fbank(args.device, args.batch)
     if not args.skip_features:
-        rows += bench_features(args.upstreams, args.device, args.batch, args.secs, args.peak_tflops)
+        rows += bench_features(args.upstreams, args.device, feature_batch, args.secs, args.peak_tflops,
+                               args.official, args.min_secs)
+    if not rows:
+        p.error("--skip-fbank and --skip-features leave nothing to measure")
     header = ("what", "device", "clips/s", "note")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
     for r in [header, tuple("-" * w for w in widths)] + rows:

@@ -25,9 +25,10 @@ from upstream.kaldi import kaldi_fbank, kaldi_fbank_batch
 from upstream.objective import block_train_flops
 from upstream.registry import get_family
 
-__all__ = ["DEFAULT_BATCH", "PRETRAIN_RECIPES", "batch_fbank", "bench_fbank", "bench_features",
-           "bench_pretrain_step", "build_recipe", "fbank_rows", "feature_rows", "free_memory",
-           "largest_batch", "random_crops"]
+__all__ = ["DEFAULT_BATCH", "OFFICIAL_EXPERTS", "PRETRAIN_RECIPES", "batch_fbank", "bench_fbank",
+           "bench_features", "bench_pretrain_step", "build_recipe", "fbank_rows", "feature_rows",
+           "free_memory", "largest_batch", "long_clip_case", "long_clip_rows", "official_clips_per_sec",
+           "random_crops"]
 
 FBANK_KW = dict(htk_compat=True, use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
                 frame_shift=10, sample_frequency=16000.0)
@@ -127,13 +128,98 @@ def feature_rows(name: str, device: str, batch: int, secs: float, peak: float | 
             "TFLOP/s": flops / t / 1e12, "MFU %": 100 * flops / t / (peak * 1e12) if peak else math.nan}
 
 
-def bench_features(names: list[str], device: str, batch: int, secs: float, peak: float | None) -> list[tuple]:
+# this project's upstream -> the s3prl hub entry of the same model (s3prl/upstream/{ssast,mae_ast}/hubconf.py;
+# s3prl has no ASiT expert). Their features are what ours reproduce (the official-fixture tests).
+OFFICIAL_EXPERTS = {"ssast_patch_400": "ssast_patch_base", "ssast_frame_400": "ssast_frame_base",
+                    "mae_ast_patch": "mae_ast_patch", "mae_ast_frame": "mae_ast_frame"}
+NEEDS_S3PRL = "needs the s3prl extra (pip install 'astbench[s3prl]')"
+
+
+def official_clips_per_sec(name: str, device: str, batch: int, secs: float,
+                           min_secs: float = 2.0) -> float | str:
+    """Clips/s of the official s3prl expert of ``name`` (``OFFICIAL_EXPERTS``) on ``batch`` random clips of
+    ``secs`` seconds, timed as :func:`feature_rows` times ours; or why there is no figure (no expert, s3prl
+    not installed, the expert could not be built: its checkpoint is downloaded by s3prl)."""
+    import importlib.util
+
+    expert = OFFICIAL_EXPERTS.get(name)
+    if expert is None:
+        return "no s3prl expert"
+    if importlib.util.find_spec("s3prl") is None:
+        return NEEDS_S3PRL
+    try:
+        model = upstream.load(f"s3prl:{expert}").to(device).eval()
+    except Exception as err:  # noqa: BLE001 - offline, a changed hub: the row says why, the others go on
+        return f"s3prl:{expert} not built: {type(err).__name__}: {str(err).strip().splitlines()[:1]}"
+    waves = [0.1 * torch.randn(int(model.sample_rate * secs), device=device) for _ in range(batch)]
+
+    def run():
+        with torch.inference_mode():
+            return model(waves)
+
+    return batch / _timeit(run, device, min_secs)
+
+
+def bench_features(names: list[str], device: str, batch: int, secs: float, peak: float | None,
+                   official: bool = False, min_secs: float = 2.0) -> list[tuple]:
+    """Rows ``(what, device, clips/s, note)``; with ``official`` each upstream's official s3prl expert on
+    clips of the same length and number follows it, the note giving ours / official."""
     rows = []
     for name in names:
-        r = feature_rows(name, device, batch, secs, peak)
+        r = feature_rows(name, device, batch, secs, peak, min_secs=min_secs)
         mfu = "n/a" if math.isnan(r["MFU %"]) else f"{r['MFU %']:.1f}%"
-        rows.append((f"{name} features ({secs:g} s clips, x{batch})", device, f"{r['clips/s']:.1f}",
+        rows.append((f"{name} features ({secs:g} s clips, x{batch})", device, f"{r['clips/s']:.2f}",
                      f"MFU {mfu}"))
+        if official:
+            o = official_clips_per_sec(name, device, batch, secs, min_secs)
+            figure = isinstance(o, float)
+            rows.append((f"  official s3prl:{OFFICIAL_EXPERTS.get(name, '-')}", device,
+                         f"{o:.2f}" if figure else "n/a", f"ours / official {r['clips/s'] / o:.2f}x" if figure
+                         else o))
+    return rows
+
+
+def long_clip_case(name: str, secs: float, layers: list[int] | None, overrides: dict | None = None) -> dict:
+    """One long clip through a frozen upstream on CPU, in this process: peak RSS (``getrusage``, so run it
+    in a fresh process: :func:`long_clip_rows`), CPU and wall seconds of the forward, MB returned."""
+    import resource
+
+    def rss_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    torch.manual_seed(0)
+    model = upstream.load(name, **{"random_init": True, **(overrides or {})}).eval()
+    wav = 0.1 * torch.randn(int(model.sample_rate * secs), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        model([wav[:model.sample_rate]])  # kernels and allocator warm
+        loaded = rss_mb()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = model([wav], layers=layers)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    kept = out["hidden_states"] + [out["last_hidden_state"]]
+    return {"upstream": name, "overrides": overrides or {}, "clip s": secs,
+            "layers": "all" if layers is None else layers, "model RSS MB": loaded, "peak RSS MB": rss_mb(),
+            "returned MB": sum(t.numel() * t.element_size() for t in kept) / 2 ** 20, "CPU s": cpu,
+            "wall s": wall}
+
+
+def long_clip_rows(name: str, secs: float, layer_sets: list[list[int] | None],
+                   overrides: dict | None = None) -> list[dict]:
+    """:func:`long_clip_case` for each of ``layer_sets``, each in a fresh Python process (peak RSS is a
+    process's high-water mark), one after the other."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for layers in layer_sets:
+        code = ("import json, sys; from benchmark.speed_measure import long_clip_case; "
+                "print(json.dumps(long_clip_case(*json.loads(sys.argv[1]))))")
+        args = json.dumps([name, secs, layers, overrides or {}])
+        done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"long clip {name} layers={layers}: {done.stderr.strip().splitlines()[-1:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return rows
 
 

@@ -35,7 +35,7 @@ from .pretrain_runs import ensure_pretrained, pretrain_dir
 from .published import PaperTable, RunSpec, get_table, load_tables
 
 __all__ = ["Job", "SuiteError", "SuiteOptions", "SuiteReport", "downstream_job", "is_done", "plan",
-           "run_name", "run_suite", "select_fold_runs", "task_folds"]
+           "pretrain_probe", "run_name", "run_suite", "run_suite_parallel", "select_fold_runs", "task_folds"]
 
 
 class SuiteError(ValueError):
@@ -78,6 +78,7 @@ class SuiteOptions:
     # corpus name -> folder or manifest, for rows naming corpora (RunSpec.pretrain_data) [--pretrain-data]
     pretrain_corpora: dict = field(default_factory=dict)
     seeds: Sequence[int] = (1337,)
+    mode_seeds: dict = field(default_factory=dict)  # mode -> its own seeds (e.g. fewer for "finetune")
     rows: Sequence[str] = ()  # only these row labels (empty: all)
     tasks: Sequence[str] = ()  # only these tasks
     modes: Sequence[str] = ()  # only these modes
@@ -89,6 +90,10 @@ class SuiteOptions:
     config_dir: str | None = None  # <config_dir>/<task>[_finetune].yaml instead of configs/downstream/
     downstream_overrides: Sequence[str] = ()  # -o for every job (after the row's own)
     pretrain_overrides: Sequence[str] = ()  # pretraining -o for every pretraining run (after the row's own)
+    # k-NN probes of every pretraining run (downstream.knn.KnnProbe on these tasks' data under data_root, at
+    # step 0 and every probe_every steps, loaded as the row's upstream) [--probe]
+    probe_tasks: Sequence[str] = ()
+    probe_clips: int = 4000  # clips per probed task [--probe-clips]
     fail_fast: bool = False
 
 
@@ -115,7 +120,7 @@ def plan(table: PaperTable, opts: SuiteOptions) -> list[Job]:
             if (opts.tasks and col.task not in opts.tasks) or (opts.modes and col.mode not in opts.modes):
                 continue
             folds = [f for f in task_folds(col.task) if f is None or not opts.folds or f in opts.folds]
-            for seed in opts.seeds:
+            for seed in opts.mode_seeds.get(col.mode, opts.seeds):
                 for fold in folds:
                     jobs.append(Job(table.id, row.label, row.run, col.task, col.mode, seed, fold))
     return list(dict.fromkeys(jobs))  # two columns of one (task, mode) with other metrics: one run
@@ -129,7 +134,8 @@ def job_checkpoint(job: Job, opts: SuiteOptions, log: Callable[[str], None] = pr
 
     if job.run.pretrain:
         return ensure_pretrained(job.run, opts.expdir, opts.pretrain_data, opts.pretrain_corpora,
-                                 opts.pretrain_overrides, opts.device, log)
+                                 opts.pretrain_overrides, opts.device, log,
+                                 make_probe=lambda: pretrain_probe(job.run, opts))
     if job.run.ckpt:
         path = Path(job.run.ckpt).expanduser()
         path = path if path.is_absolute() or path.exists() else checkpoint_dir() / job.run.ckpt
@@ -138,6 +144,26 @@ def job_checkpoint(job: Job, opts: SuiteOptions, log: Callable[[str], None] = pr
                              f"set ASTBENCH_CHECKPOINTS){download_hint(Path(job.run.ckpt).name)}")
         return path
     return None
+
+
+_PROBES: dict[tuple, object] = {}  # (task, data root, clips) -> KnnProbe: its audio is read once per process
+
+
+def pretrain_probe(run: RunSpec, opts: SuiteOptions):
+    """The probe callback of ``run``'s pretraining: a ``downstream.knn.ProbeSet`` of ``opts.probe_tasks``
+    that loads the encoder as the row's upstream (``run.upstream``, what its downstream jobs load), or None.
+    The tasks' clips are read once and shared by every pretraining run of the process."""
+    if not opts.probe_tasks:
+        return None
+    from downstream.knn import KnnProbe, ProbeSet
+
+    probes = []
+    for task in opts.probe_tasks:
+        key = (task, opts.data_root, opts.probe_clips)
+        if key not in _PROBES:
+            _PROBES[key] = KnnProbe(task, opts.data_root, max_clips=opts.probe_clips)
+        probes.append(_PROBES[key].for_upstream(run.upstream))
+    return ProbeSet(probes)
 
 
 def is_done(job: Job, records: Sequence[results.ResultRecord], ckpt_sha: str | None, name: str | None = None
@@ -186,6 +212,21 @@ class SuiteReport:
     skipped: list[Job] = field(default_factory=list)  # record already there
     failed: list[tuple[Job, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # where the time went: "pretrain <row>" and "<mode> <task>" -> [wall s, CPU s of this process]
+    stages: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_time(self, stage: str, wall: float, cpu: float) -> None:
+        total = self.stages.setdefault(stage, [0.0, 0.0])
+        total[0] += wall
+        total[1] += cpu
+
+    def merge(self, other: SuiteReport) -> None:
+        """Add ``other`` (a part of the sweep run elsewhere) to this report; ``seconds`` is the caller's."""
+        self.done += other.done
+        self.skipped += other.skipped
+        self.failed += other.failed
+        for stage, (wall, cpu) in other.stages.items():
+            self.add_time(stage, wall, cpu)
 
     @property
     def ok(self) -> bool:
@@ -221,7 +262,11 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None],
         try:
             name = names[job] = run_name(job, opts)
             if job.run not in ckpts:
+                w0, c0 = time.perf_counter(), time.process_time()
                 ckpts[job.run] = job_checkpoint(job, opts, log)
+                if job.run.pretrain:
+                    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                    report.add_time(f"pretrain {job.label}", wall, cpu)
             ckpt = ckpts[job.run]
             sha = shas.setdefault(ckpt, file_sha256(ckpt)) if ckpt is not None else None
             if is_done(job, records, sha, name):
@@ -229,8 +274,9 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None],
                 log(f"{tag}: done before, skipped")
                 continue
             log(f"{tag}: running")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             downstream.run(downstream_job(job, ckpt, opts, name))
+            report.add_time(f"{job.mode} {job.task}", time.perf_counter() - t0, time.process_time() - c0)
             report.done.append(job)
             dist_ctx.barrier()  # rank 0 has written the job's records before anyone plans on
             log(f"{tag}: finished in {time.perf_counter() - t0:.0f} s")
@@ -245,6 +291,81 @@ def _run_jobs(table: PaperTable, opts: SuiteOptions, log: Callable[[str], None],
     report.seconds = time.perf_counter() - start
     log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} "
         f"failed in {report.seconds:.0f} s")
+    return report
+
+
+def _one_thread() -> None:
+    """A worker of :func:`run_suite_parallel`: one thread, as many workers as cores share the machine."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_part(table: PaperTable, opts: SuiteOptions) -> SuiteReport:
+    return run_suite(table, opts)
+
+
+def run_suite_parallel(table: PaperTable, opts: SuiteOptions, workers: int,
+                       log: Callable[[str], None] = print) -> SuiteReport:
+    """:func:`run_suite` in ``workers`` processes of one thread each (small models on a CPU: two one-thread
+    jobs at once do about twice the work of one two-thread job). The units are each row's pretraining, then
+    each (row, seed): every unit is one :func:`run_suite` call on a filtered plan, so what a job computes,
+    where it writes and how it resumes do not depend on the number of workers; a row's seeds are queued once
+    its pretraining is done. Result records are appended under a file lock (``downstream.results``)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    start = time.perf_counter()
+    jobs = plan(table, opts)  # validates the filters
+    rows = [row for row in table.rows if any(j.label == row.label for j in jobs)]
+    report = SuiteReport()
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
+        seeds = list(dict.fromkeys([*opts.seeds, *(s for v in opts.mode_seeds.values() for s in v)]))
+
+        def seeds_of(row) -> list:
+            return [pool.submit(_run_part, table, _one_seed(opts, row.label, seed)) for seed in seeds]
+
+        # pretraining first (the longest units), each as the pretraining of the row's first job only
+        pretraining = {pool.submit(_pretrain_part, table, opts, row.label): row for row in rows
+                       if row.run is not None and row.run.pretrain}
+        pending = set(pretraining)
+        for row in rows:
+            if row not in pretraining.values():
+                pending.update(seeds_of(row))
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                part = fut.result()
+                report.merge(part)
+                row = pretraining.get(fut)
+                if row is not None and not part.failed:
+                    pending.update(seeds_of(row))
+    report.seconds = time.perf_counter() - start
+    log(f"suite {table.id}: {len(report.done)} run, {len(report.skipped)} skipped, {len(report.failed)} "
+        f"failed in {report.seconds:.0f} s ({workers} workers)")
+    return report
+
+
+def _one_seed(opts: SuiteOptions, label: str, seed: int) -> SuiteOptions:
+    """``opts`` narrowed to row ``label`` and ``seed`` (in every mode that has it)."""
+    return replace(opts, rows=(label,), seeds=tuple(s for s in opts.seeds if s == seed),
+                   mode_seeds={m: tuple(s for s in v if s == seed) for m, v in opts.mode_seeds.items()})
+
+
+def _pretrain_part(table: PaperTable, opts: SuiteOptions, label: str) -> SuiteReport:
+    """Pretrain row ``label`` (resume or skip as the sweep would); a report with its time, or its failure
+    charged to every job of the row."""
+    jobs = [j for j in plan(table, replace(opts, rows=(label,)))]
+    report = SuiteReport()
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+        job_checkpoint(jobs[0], opts)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        why = " ".join(str(err).split())
+        report.failed += [(job, why) for job in jobs]
+        print(f"{label}: pretraining FAILED: {why}")
+    report.add_time(f"pretrain {label}", time.perf_counter() - w0, time.process_time() - c0)
     return report
 
 
@@ -278,9 +399,13 @@ def select_fold_runs(jobs: Sequence[Job], names: dict[Job, str], opts: SuiteOpti
             continue
         expdir = Path(opts.expdir) / "downstream" / _safe(group[0].table)
         chosen = spec.select_runs([expdir / names[j] for j in group])
-        for job, value in zip(group, chosen["fold_accuracies"]):
+        per_clip = chosen.get("fold_per_clip") or [None] * len(group)
+        for job, value, clips in zip(group, chosen["fold_accuracies"], per_clip):
+            # the test record's per-clip correctness is of its own best step: the chosen step's replaces it
+            predictions = {k: v for k, v in tests[job.fold].predictions.items()
+                           if k not in ("correct", "clip_ids_sha1")} | (clips or {})
             results.append(replace(tests[job.fold], split=spec.selected_split, value=float(value),
-                                   step=chosen["step"], timestamp=""), opts.results)
+                                   step=chosen["step"], timestamp="", predictions=predictions), opts.results)
             written += 1
         first = group[0]
         log(f"{first.label} / {first.task} / {first.mode} / seed {first.seed}: step {chosen['step']} chosen "
@@ -310,6 +435,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="frozen-feature cache (default $ASTBENCH_CACHE)")
     p.add_argument("-o", "--override", action="append", default=[], help="downstream -o for every job")
     p.add_argument("--pretrain-override", action="append", default=[], help="pretraining -o for every run")
+    p.add_argument("--probe", nargs="+", default=[], metavar="TASK",
+                   help="k-NN probe every pretraining run on these tasks (data under --data-root) at step 0 "
+                        "and every probe_every steps (--pretrain-override probe_every=N)")
+    p.add_argument("--probe-clips", type=int, default=4000, metavar="N", help="--probe: clips per task")
     p.add_argument("--fail-fast", action="store_true")
 
 
@@ -344,7 +473,8 @@ def run(args: argparse.Namespace) -> int:
                             folds=args.folds,
                             expdir=args.expdir, results=args.results, device=args.device,
                             cache_dir=args.cache_dir, downstream_overrides=args.override,
-                            pretrain_overrides=args.pretrain_override, fail_fast=args.fail_fast)
+                            pretrain_overrides=args.pretrain_override, probe_tasks=args.probe,
+                            probe_clips=args.probe_clips, fail_fast=args.fail_fast)
         if args.dry_run:
             records = results.load(opts.results)
             for job in plan(table, opts):

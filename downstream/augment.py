@@ -1,4 +1,4 @@
-"""SSAST PSLA fine-tuning extras: mixup, SpecAugment, noise, the lr schedule and weight averaging.
+"""SSAST PSLA fine-tuning extras: mixup, SpecAugment, noise, the lr schedules and weight averaging.
 
 Follows YuanGongND/ssast ``src/dataloader.py`` (augmentation) and ``src/traintest.py`` (schedule, warm-up,
 weight averaging). Everything is batched on the device and drawn from one seeded
@@ -22,6 +22,7 @@ upstream without the hook (a plug-in that computes its own input) is fine-tuned 
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -50,15 +51,29 @@ class AugmentConfig:
             raise ValueError(f"augment.freqm / timem must be >= 0, got {self.freqm} / {self.timem}")
 
 
+DECAYS = ("constant", "cosine", "linear")
+
+
 @dataclass
 class ScheduleConfig:
-    """SSAST ``traintest.py`` lr schedule. An epoch is ``runner.eval_step`` optimizer steps (the PSLA configs
-    evaluate once per epoch)."""
+    """The lr schedule: one of two, never both.
+
+    * SSAST ``traintest.py`` (the PSLA recipes): MultiStepLR over epochs of ``runner.eval_step`` optimizer
+      steps (the PSLA configs evaluate once per epoch), after an optional ``warmup_steps`` staircase ramp.
+    * Warm-up + decay (the generic ``folder`` / ``manifest`` fine-tuning recipe, as BEiT / data2vec / MAE
+      fine-tune): the lr rises linearly over the first ``warmup_fraction`` of ``runner.total_steps``, then
+      falls to 0 at ``runner.total_steps`` (``decay``: ``cosine`` or ``linear``; ``constant`` keeps it).
+
+    Every default: a constant lr (s3prl).
+    """
 
     lrscheduler_start: int = 0  # first epoch milestone of MultiStepLR; 0 = constant lr (s3prl)
     lrscheduler_step: int = 1  # milestones every this many epochs from the start
     lrscheduler_decay: float = 1.0  # gamma: lr *= decay at each milestone
     warmup_steps: int = 0  # SSAST --warmup True: lr ramps 0 -> lr over 1000 steps, updated every 50
+    # warm-up + decay: a linear ramp over this fraction of runner.total_steps, updated every step
+    warmup_fraction: float = 0.0
+    decay: str = "constant"  # after the warm-up: constant, cosine or linear to 0 at runner.total_steps
     wa: bool = False  # average the weights of epochs wa_start..wa_end (1-based) and report that model
     wa_start: int = 1
     wa_end: int = 1
@@ -66,22 +81,61 @@ class ScheduleConfig:
     def __post_init__(self):
         if self.lrscheduler_step < 1:
             raise ValueError(f"schedule.lrscheduler_step must be >= 1, got {self.lrscheduler_step}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.warmup_fraction < 1.0:  # also refuses NaN
+            raise ValueError(f"schedule.warmup_fraction is a fraction of runner.total_steps in [0, 1), got "
+                             f"{self.warmup_fraction}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"schedule.decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+        if self.warmup_decay and (self.warmup_steps or self.lrscheduler_start > 0):
+            raise ValueError("schedule.warmup_fraction / decay (warm-up + decay) and schedule.warmup_steps / "
+                             "lrscheduler_start (the SSAST schedule) exclude each other: set one of them")
         if self.wa and not 1 <= self.wa_start <= self.wa_end:
             raise ValueError(f"schedule.wa_start/wa_end must satisfy 1 <= start <= end, got "
                              f"{self.wa_start}/{self.wa_end}")
+
+    @property
+    def warmup_decay(self) -> bool:
+        """Whether this is the warm-up + decay schedule (``warmup_fraction`` or ``decay`` set)."""
+        return self.warmup_fraction > 0 or self.decay != "constant"
 
 
 WARMUP_UPDATE_EVERY = 50  # SSAST sets the warm-up lr every 50 iterations
 
 
-def lr_factor(step: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:
+def warmup_decay_factor(step: int, total_steps: int, warmup_fraction: float, decay: str) -> float:
+    """Warm-up + decay: the multiplier of ``optimizer.lr`` for the update at 0-based ``step`` of
+    ``total_steps``.
+
+    The warm-up has ``W = round(warmup_fraction * total_steps)`` updates with factor ``(step + 1) / W`` (the
+    first update already learns, the W-th is at the full lr); after it, with ``p = (step - W) / (total_steps
+    - W)`` in [0, 1), ``cosine`` gives ``(1 + cos(pi p)) / 2``, ``linear`` ``1 - p``, ``constant`` 1: the lr
+    would reach 0 at step ``total_steps``, one past the last update.
+    """
+    warm = round(warmup_fraction * total_steps)
+    if step < warm:
+        return (step + 1) / warm
+    if decay == "constant":
+        return 1.0
+    p = min(1.0, (step - warm) / max(1, total_steps - warm))
+    return 0.5 * (1.0 + math.cos(math.pi * p)) if decay == "cosine" else 1.0 - p
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: ScheduleConfig, total_steps: int | None = None) -> float:
     """Multiplier of ``optimizer.lr`` for the update at 0-based ``step``.
 
+    Warm-up + decay (``cfg.warmup_decay``): :func:`warmup_decay_factor` over ``total_steps``
+    (``runner.total_steps``, required then). Otherwise SSAST's:
     ``MultiStepLR(milestones=range(start, 1000, step), gamma=decay)`` stepped after each epoch: during epoch
     ``e`` (0-based) the lr is multiplied by ``decay`` once per milestone ``<= e``. Warm-up (SSAST): for
     ``step <= warmup_steps`` the lr is ``lr * (step - step % 50) / warmup_steps``, so the first 50 updates
     have lr 0, exactly as ``traintest.py``.
     """
+    if cfg.warmup_decay:
+        if total_steps is None:
+            raise ValueError("lr_factor: the warm-up + decay schedule needs total_steps")
+        return warmup_decay_factor(step, total_steps, cfg.warmup_fraction, cfg.decay)
     if cfg.warmup_steps and step <= cfg.warmup_steps:
         return (step - step % WARMUP_UPDATE_EVERY) / cfg.warmup_steps
     if cfg.lrscheduler_start <= 0:

@@ -67,7 +67,7 @@ from common.files import (
     tmp_path,
     write_atomic,
 )
-from upstream.interface import feature_fingerprint
+from upstream.interface import feature_fingerprint, run_upstream
 
 from .batching import length_batches
 from .datasets import ClipDataset, TaskData, collate
@@ -372,7 +372,9 @@ class FeatureCache:
             with open(tmp[".f16"], "wb") as f:
                 out = HashingWriter(f)  # the checksum costs no second read of the shard
                 for wavs, _, _ in progress(loader, desc=f"features {shard.stem}", unit="batch"):
-                    out_up = self.up([w.to(self.device) for w in wavs])
+                    # only what the selection stores: no hidden states for 'last_hidden_state' / 'clip'
+                    out_up = run_upstream(self.up, [w.to(self.device) for w in wavs],
+                                          None if self.selection == "hidden_states" else [])
                     feats, lengths = select_features(out_up, self.selection)
                     feats = feats.to(torch.float16).cpu()
                     for b in range(len(wavs)):

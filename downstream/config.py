@@ -47,9 +47,18 @@ class RunnerConfig:
 
 @dataclass
 class OptimizerConfig:
+    """Adam over the head (and, under ``-f``, the upstream). ``lr`` is the head's (featurizer included);
+    under ``-f`` the upstream's parameters learn at ``lr * upstream_lr_scale * layer scale``, where the layer
+    scale is ``layer_decay ** (L - i)`` for block ``i`` (0-based) of the upstream's ``L`` blocks,
+    ``layer_decay ** (L + 1)`` for what comes before the blocks (patch and position embeddings) and 1 for what
+    comes after them (the final norm), as BEiT / data2vec / MAE fine-tuning (``downstream.engine``
+    ``param_groups``). Both at 1.0 (the defaults): one lr for every parameter, as s3prl."""
+
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)  # SSAST PSLA recipe: (0.95, 0.999)
     weight_decay: float = 0.0  # SSAST PSLA recipe: 5e-7
+    upstream_lr_scale: float = 1.0  # -f only: the upstream's lr as a multiple of lr
+    layer_decay: float = 1.0  # -f only: layer-wise lr decay over the upstream's blocks; 1.0 = none
 
     def __post_init__(self):
         if not self.lr > 0:  # also refuses NaN
@@ -58,6 +67,18 @@ class OptimizerConfig:
             raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.upstream_lr_scale < float("inf"):
+            raise ValueError(f"upstream_lr_scale must be > 0 and finite (a multiple of lr; to keep the "
+                             f"upstream fixed, run without -f), got {self.upstream_lr_scale}")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must lie in (0, 1] (1 = the same lr for every block), "
+                             f"got {self.layer_decay}")
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the upstream learns at another lr than the head (``upstream_lr_scale`` or
+        ``layer_decay`` set)."""
+        return self.upstream_lr_scale != 1.0 or self.layer_decay != 1.0
 
 
 @dataclass

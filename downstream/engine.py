@@ -5,7 +5,8 @@ keeping ``dev-best.ckpt`` (s3prl's model selection), ``last.ckpt`` (exact resume
 ``wa.ckpt``. Frozen runs read upstream features from ``downstream.cache``; ``-f`` PSLA runs add
 ``downstream.augment``; training batches come from ``common.distributed.StepBatchSampler`` (a pure function of
 seed and step: exact resume, ``torchrun`` ranks). The task's :class:`~downstream.tasks.TaskSpec` gives the
-loss and the metric.
+loss and the metric. Under ``-f`` the upstream may learn at its own lr, decayed block by block
+(:func:`param_groups`).
 """
 from __future__ import annotations
 
@@ -68,11 +69,93 @@ class FitContext:
     trust_checkpoint: bool = False
 
 
-def build_optimizer(model: DownstreamModel, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Adam:
-    """One Adam over every trainable parameter at one lr: the head's, plus the upstream's under ``-f``
-    (s3prl ``_get_optimizer``)."""
-    params = [p for p in model.parameters() if p.requires_grad]  # fused kernels where the device has them
-    return make_adam(params, device, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+# ------------------------------------------------------------------------------------------ optimizer
+def upstream_blocks(upstream: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The upstream's blocks for layer-wise lr decay, found through the contract's ``num_layers``: the one
+    ``nn.ModuleList`` (outermost) of ``num_layers`` modules with parameters (this project's upstreams:
+    ``encoder.blocks``, one ``hidden_states`` entry per block), else the one of ``num_layers - 1`` (an s3prl
+    expert, whose ``hidden_states`` start with the input embedding). Returns ``(name, blocks)``, or None when
+    there is no such list, or several (a plug-in then learns at one upstream lr)."""
+    num_layers = getattr(upstream, "num_layers", None)
+    if not isinstance(num_layers, int):
+        return None
+    lists = [(name, m) for name, m in upstream.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) and all(any(True for _ in b.parameters()) for b in m)]
+    for size in (num_layers, num_layers - 1):
+        found = [(name, m) for name, m in lists if len(m) == size]
+        found = [(name, m) for name, m in found  # outermost: not inside another list of this size
+                 if not any(other != name and name.startswith(other + ".") for other, _ in found)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            return None
+    return None
+
+
+def upstream_layer_ids(upstream: nn.Module) -> tuple[dict[str, int], int] | None:
+    """Each upstream parameter's layer for layer-wise lr decay, as BEiT's ``get_layer_id``: 0 for what is
+    registered before the blocks (embeddings), ``i + 1`` inside block ``i``, ``L + 1`` after them (the final
+    norm). Returns ``({parameter name: layer}, L)``, or None when :func:`upstream_blocks` finds none."""
+    found = upstream_blocks(upstream)
+    if found is None:
+        return None
+    prefix, blocks = found[0] + ".", found[1]
+    ids, past = {}, False
+    for name, _ in upstream.named_parameters():
+        if name.startswith(prefix):
+            ids[name], past = int(name[len(prefix):].split(".", 1)[0]) + 1, True
+        else:
+            ids[name] = len(blocks) + 1 if past else 0
+    return ids, len(blocks)
+
+
+def param_groups(model: DownstreamModel, cfg: OptimizerConfig) -> list[dict]:
+    """The parameter groups of a ``-f`` run with ``upstream_lr_scale`` / ``layer_decay``: the head's
+    (featurizer included) first at ``lr_scale`` 1, then the upstream's, one per layer (see
+    :class:`~downstream.config.OptimizerConfig`), each with its ``lr_scale`` (times ``optimizer.lr`` at every
+    step), ``lr`` and a ``name``. An upstream without blocks to find (:func:`upstream_blocks`) gets one group
+    at ``upstream_lr_scale``; only trainable parameters are grouped."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("upstream.")]
+    groups = [{"name": "head", "params": head, "lr_scale": 1.0}]
+    found = upstream_layer_ids(model.upstream) if cfg.layer_decay != 1.0 else None
+    ups = [(n, p) for n, p in model.upstream.named_parameters() if p.requires_grad]
+    if found is None:
+        groups.append({"name": "upstream", "params": [p for _, p in ups], "lr_scale": cfg.upstream_lr_scale})
+    else:
+        ids, num_blocks = found
+        for layer in range(num_blocks + 2):
+            params = [p for n, p in ups if ids[n] == layer]
+            name = "embeddings" if layer == 0 else "top" if layer == num_blocks + 1 else f"block{layer - 1}"
+            scale = cfg.upstream_lr_scale * cfg.layer_decay ** (num_blocks + 1 - layer)
+            groups.append({"name": f"upstream.{name}", "params": params, "lr_scale": scale})
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return groups
+
+
+def build_optimizer(model: DownstreamModel, cfg: OptimizerConfig, device: torch.device,
+                    log: Callable[[str], None] | None = None) -> torch.optim.Adam:
+    """Adam (fused kernels where the device has them) over every trainable parameter: the head's, plus the
+    upstream's under ``-f``. By default at one lr (s3prl ``_get_optimizer``); with ``upstream_lr_scale`` or
+    ``layer_decay`` the groups of :func:`param_groups`, each with its ``lr_scale``, which ``log`` is told.
+
+    Raises:
+        ValueError: ``upstream_lr_scale`` / ``layer_decay`` set for a frozen run, where they would do nothing.
+    """
+    if not cfg.scaled:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return make_adam(params, device, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if not model.finetune:
+        raise ValueError("optimizer.upstream_lr_scale / layer_decay are set but this is a frozen run: they "
+                         "set the upstream's lr under -f only")
+    groups = param_groups(model, cfg)
+    if log is not None:
+        if cfg.layer_decay != 1.0 and not any(g["name"].startswith("upstream.") for g in groups):
+            log(f"optimizer: no blocks found in upstream {type(model.upstream).__name__} (no nn.ModuleList "
+                f"of num_layers modules), so optimizer.layer_decay does not apply: one upstream lr")
+        log("optimizer: lr x " + ", ".join(f"{g['name']} {g['lr_scale']:.4g}" for g in groups))
+    return make_adam(groups, device, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -143,16 +226,18 @@ def train_steps(model: nn.Module, batches: Iterator, optimizer: torch.optim.Opti
     """``num_steps`` optimizer steps, each over ``gradient_accumulate_steps`` micro-batches.
 
     ``loss_fn(logits, labels)`` is the task's loss (``TaskSpec.loss_for``); ``lr_at(step)`` sets the lr of
-    each update; ``mix(wavs, labels)`` is mixup; ``on_step(step, loss, lr, grad_norm)`` is called after each
-    update (``step`` counts from 1; ``grad_norm`` is the total norm before clipping). Returns the per-step
-    mean loss. Raises ``FloatingPointError`` on a non-finite loss (mae).
+    each update (times each parameter group's ``lr_scale``); ``mix(wavs, labels)`` is mixup;
+    ``on_step(step, loss, lr, grad_norm)`` is called after each update (``step`` counts from 1; ``lr`` is the
+    first group's, the head's; ``grad_norm`` is the total norm before clipping). Returns the per-step mean
+    loss. Raises ``FloatingPointError`` on a non-finite loss (mae).
     """
     model.train()
     losses = []
     for i in range(num_steps):
         if lr_at is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(first_step + i)
+            lr = lr_at(first_step + i)
+            for group in optimizer.param_groups:  # lr_scale: build_optimizer's per-group multiple
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(cfg.gradient_accumulate_steps):
@@ -195,14 +280,17 @@ def predict(model: DownstreamModel, loader: DataLoader, device: torch.device,
 
 
 def evaluate(model: DownstreamModel, loader: DataLoader, spec: TaskSpec, device: torch.device,
-             desc: str = "evaluating") -> float:
+             desc: str = "evaluating", per_clip: dict | None = None) -> float:
     """The task's metric over the whole loader. Says so (on stdout, with the training log) when the
     predictions fall on one class (``metrics.collapse_warning``): a collapse shows while training, not only in
-    the records, whose final evaluation warns on stderr."""
-    logits, target, _ = predict(model, loader, device, desc)
+    the records, whose final evaluation warns on stderr. ``per_clip`` (single-label tasks) is filled with
+    which clips were right (``metrics.per_clip_correctness``)."""
+    logits, target, uids = predict(model, loader, device, desc)
     warning = metrics.collapse_warning(metrics.prediction_spread(logits, target)) if len(logits) else None
     if warning:
         print(f"warning: {desc}: {warning}")
+    if per_clip is not None and len(logits):
+        per_clip.update(metrics.per_clip_correctness(logits, target, uids))
     return spec.metric(logits, target)
 
 
@@ -265,7 +353,8 @@ class _Trainer:
         cfg, dist_ctx = ctx.cfg, ctx.dist
         self.model, self.data, self.ctx = model, data, ctx
         self.config_dict = config_to_dict(cfg)
-        self.optimizer = build_optimizer(model, cfg.optimizer, ctx.device)
+        self.optimizer = build_optimizer(model, cfg.optimizer, ctx.device,
+                                         ctx.log if dist_ctx.is_main else None)
         self.net: nn.Module = model
         if dist_ctx.enabled:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -291,10 +380,15 @@ class _Trainer:
         if self.wa is not None and state.get("wa"):
             self.wa.load_state_dict(state["wa"])
         ctx.log(f"resumed from {path} at step {self.step}")
+        was = state.get("config", {}).get("runner", {}).get("total_steps")
+        if ctx.cfg.schedule.warmup_decay and was not in (None, ctx.cfg.runner.total_steps):
+            ctx.log(f"warning: runner.total_steps is {ctx.cfg.runner.total_steps} but was {was}: the "
+                    f"warm-up + decay schedule now runs over the new total, so the lr from step {self.step} "
+                    f"on is not the one either run would have had")
 
     def lr_at(self, step: int) -> float:
         cfg = self.ctx.cfg
-        return cfg.optimizer.lr * lr_factor(step, cfg.runner.eval_step, cfg.schedule)
+        return cfg.optimizer.lr * lr_factor(step, cfg.runner.eval_step, cfg.schedule, cfg.runner.total_steps)
 
     def mix(self, wavs: list[torch.Tensor], labels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         return mixup(wavs, labels, self.data.num_classes, self.ctx.cfg.augment.mixup, self.aug_gen)
@@ -307,13 +401,17 @@ class _Trainer:
         sel, metric = data.selection_split, str(ctx.spec.metric)
         loader = build_loader(data, ctx.spec, sel, self.model.upstream.sample_rate, cfg.runner, cfg.run.seed,
                               ctx.cache)
-        value = evaluate(self.model, loader, ctx.spec, ctx.device, desc=f"{sel} at step {step}")
+        # which clips were right at this step (single-label): ESC-50's fold-averaged selection picks a step
+        # after training, and its records carry the clips of that step (benchmark.suites.select_fold_runs)
+        clips: dict | None = None if data.multilabel else {}
+        value = evaluate(self.model, loader, ctx.spec, ctx.device, desc=f"{sel} at step {step}",
+                         per_clip=clips)
         say(f"step {step}: train loss {train_loss:.4f}, {sel} {metric} {value:.4f}")
         if ctx.writer is not None:
             ctx.writer.add_scalar(f"{sel}/{metric}", value, step)
         with open(ctx.expdir / "evals.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "split": sel, metric: value,
-                                "train_loss": train_loss}) + "\n")
+                                "train_loss": train_loss, **(clips or {})}) + "\n")
         if value > self.best["value"] or self.best["step"] == 0:  # NaN-safe first save
             self.best = {"step": step, "value": value}
             torch_save_atomic({"model": self.model.trainable_state(), "step": step,

@@ -29,6 +29,12 @@ class Featurizer(nn.Module):
         # zeros -> uniform softmax at init, as s3prl
         self.weights = nn.Parameter(torch.zeros(num_layers)) if layer is None else None
 
+    @property
+    def layers(self) -> list[int] | None:
+        """The hidden states this featurizer reads, for ``upstream.interface.run_upstream``: None = all
+        (the weighted sum), else ``[layer]``."""
+        return None if self.layer is None else [self.layer]
+
     def layer_weights(self) -> torch.Tensor:
         """``(L,)`` weights that sum to 1 (one-hot for a single layer)."""
         if self.weights is None:
@@ -36,6 +42,10 @@ class Featurizer(nn.Module):
         return self.weights.softmax(-1)
 
     def forward(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        """Every hidden state (L of them), or, for one chosen layer, just that one (what an upstream asked
+        for :attr:`layers` returns)."""
+        if self.weights is None and len(hidden_states) == 1:
+            return hidden_states[0]
         if len(hidden_states) != self.num_layers:
             raise ValueError(f"Featurizer built for {self.num_layers} hidden states got {len(hidden_states)}")
         if self.weights is None:

@@ -336,8 +336,9 @@ def _evaluate_and_record(run_: _Run, model: DownstreamModel, device: torch.devic
         scores = spec.metric.report(logits, targets)  # the metric, and e.g. AS-20K's mAUC and d' beside it
         value = float(scores[metric])
         # what the score means: majority / chance baselines, per-class scores, and a warning on a collapse
+        # ... and which clips were right (single-label), so paired tests need only the records
         report = evaluation_report(logits, targets, [c.label for c in data.splits["train"]], data.classes,
-                                   data.multilabel)
+                                   data.multilabel, uids=uids)
         # per-clip predictions beside the run (error analysis), rewritten by each evaluation of this split
         write_predictions(expdir / f"predictions.{split}.jsonl",
                           prediction_rows(logits, targets, uids, data, split, loss, base))

@@ -15,6 +15,8 @@ Definitions follow the code that produced the papers' numbers, so that our table
   both are the mAP of a scorer that ranks every clip the same (all ties), i.e. each class's positive rate on
   the split, averaged over the classes with a positive: a constant per-class score (the training frequency)
   is no better than chance there.
+* ``per_clip_correctness``: which clips a single-label evaluation got right, packed for its record
+  (``downstream.results.per_clip`` reads it back), so paired tests between two rows need only the records.
 * ``fold_average_select_epoch``: SSAST ``src/finetune/esc50/get_esc_result.py`` (ESC-50's selection, which
   ``downstream.tasks`` applies to the fold runs): one epoch for all folds, the argmax of the fold-averaged
   curve.
@@ -36,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from .results import clip_ids_sha1, encode_correct
+
 __all__ = [
     "accuracy",
     "average_precision",
@@ -51,6 +55,7 @@ __all__ = [
     "class_baselines",
     "per_class_scores",
     "prediction_spread",
+    "per_clip_correctness",
     "collapse_warning",
     "evaluation_report",
     "COLLAPSE_SHARE",
@@ -427,6 +432,27 @@ def prediction_spread(scores: Any, targets: Any | None = None) -> dict[str, floa
     return out
 
 
+def per_clip_correctness(scores: Any, targets: Any, uids: Sequence[str]) -> dict[str, str]:
+    """Which clips a single-label evaluation got right, in the order of their sorted uids (so that two runs
+    whose loaders ordered the clips differently still pair clip by clip).
+
+    Args:
+        scores: ``(N, C)`` logits (top-1 = argmax).
+        targets: ``(N,)`` indices or ``(N, C)`` one-hot (argmax, as :func:`accuracy`).
+        uids: the N clip ids, in the order of ``scores``.
+
+    Returns:
+        ``{"correct": results.encode_correct(bits), "clip_ids_sha1": results.clip_ids_sha1(uids)}``; the mean
+        of the bits is :func:`accuracy`.
+    """
+    s = _to_numpy(scores)
+    if s.ndim != 2 or len(uids) != s.shape[0]:
+        raise ValueError(f"per_clip_correctness: {len(uids)} clip ids for scores of shape {s.shape}")
+    hit = s.argmax(axis=-1) == _class_indices(targets, s.shape[1])
+    order = np.argsort(np.asarray([str(u) for u in uids], dtype=object), kind="stable")
+    return {"correct": encode_correct(hit[order]), "clip_ids_sha1": clip_ids_sha1(uids)}
+
+
 def collapse_warning(spread: dict, class_names: Sequence[str] | None = None,
                      share: float = COLLAPSE_SHARE) -> str | None:
     """A one-line warning when the predictions fall on one class, else None.
@@ -453,7 +479,7 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
 
 
 def evaluation_report(scores: Any, targets: Any, train_labels: Any, class_names: Sequence[str],
-                      multilabel: bool = False) -> dict:
+                      multilabel: bool = False, uids: Sequence[str] | None = None) -> dict:
     """Everything an evaluation record carries beside its score (``run_downstream.py`` writes it).
 
     Args:
@@ -462,11 +488,13 @@ def evaluation_report(scores: Any, targets: Any, train_labels: Any, class_names:
         train_labels: the training split's labels (see :func:`class_baselines`).
         class_names: the C class names.
         multilabel: AS-20K-style task (per-class AP instead of per-class accuracy).
+        uids: the clip ids, in the order of ``scores``; with them a single-label report's ``predictions`` also
+            holds ``"correct"`` and ``"clip_ids_sha1"`` (:func:`per_clip_correctness`).
 
     Returns:
         ``{"baselines": {"majority", "majority_class", "chance"}, "per_class": {name: accuracy or AP or None},
-        "predictions": {"clips", "distinct", "top_class", "top_share", "target_share", "collapsed"},
-        "warning"}``;
+        "predictions": {"clips", "distinct", "top_class", "top_share", "target_share", "collapsed"
+        [, "correct", "clip_ids_sha1"]}, "warning"}``;
         class indices are given as names, undefined values (a class absent from the split) as None.
     """
     num_classes = len(class_names)
@@ -477,4 +505,6 @@ def evaluation_report(scores: Any, targets: Any, train_labels: Any, class_names:
     spread = prediction_spread(scores, targets)
     warning = collapse_warning(spread, class_names)
     predictions = {**spread, "top_class": class_names[spread["top_class"]], "collapsed": warning is not None}
+    if uids is not None and not multilabel:  # mAP needs the scores: a multi-label record keeps no bits
+        predictions.update(per_clip_correctness(scores, targets, uids))
     return {"baselines": base, "per_class": per_class, "predictions": predictions, "warning": warning}

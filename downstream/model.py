@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upstream.interface import run_upstream
+
 from .augment import AugmentConfig, attach
 from .cache import FeatureBatch, select_features
 from .config import HeadConfig
@@ -42,6 +44,12 @@ class DownstreamModel(nn.Module):
         """The upstream output the head reads (the feature cache stores it)."""
         return "clip" if self.kind == "psla" else "hidden_states" if self.featurizer else "last_hidden_state"
 
+    @property
+    def layers(self) -> list[int] | None:
+        """The hidden states the head reads, asked of the upstream (``run_upstream``) so that no other is
+        kept: all for the weighted sum, ``[k]`` for ``-l k``, none for ``last_hidden_state`` and the clip."""
+        return self.featurizer.layers if self.featurizer is not None else []
+
     def augment_inputs(self, cfg: AugmentConfig, generator: torch.Generator) -> None:
         """SpecAugment / noise on the upstream's inputs (training mode only, ``-f`` only), through its
         ``set_input_augment`` hook; an upstream without one is fine-tuned without them (warned)."""
@@ -64,7 +72,7 @@ class DownstreamModel(nn.Module):
             hidden = list(feats.unbind(2))
             return self.head(self.featurizer(hidden) if self.featurizer is not None else hidden[0], lengths)
         with torch.set_grad_enabled(self.finetune and self.training and torch.is_grad_enabled()):
-            out = self.upstream(inputs)
+            out = run_upstream(self.upstream, inputs, self.layers)
         if self.kind == "psla":
             return self.head(out["clip"])
         if self.featurizer is not None:
@@ -76,7 +84,10 @@ class DownstreamModel(nn.Module):
         if batch.live:  # random training crops: through the frozen upstream now
             rows = torch.tensor([i for i, _ in batch.live], device=feats.device)
             with torch.no_grad():
-                live, live_lens = select_features(self.upstream([w for _, w in batch.live]), self.selection)
+                # the cache holds every hidden state for 'hidden_states', so live crops return them all too
+                out = run_upstream(self.upstream, [w for _, w in batch.live],
+                                   None if self.selection == "hidden_states" else [])
+                live, live_lens = select_features(out, self.selection)
             if feats.shape[2:] != live.shape[2:]:  # the batch had no cached clip to give the shape
                 feats = feats.new_zeros(*feats.shape[:2], *live.shape[2:])
             T = max(feats.shape[1], live.shape[1])

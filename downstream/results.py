@@ -6,9 +6,16 @@ descriptor while holding an exclusive ``fcntl`` lock (where available), then fsy
 together never interleave or tear lines. A downstream run (``downstream.run``) keeps one record per run, split
 and step: a re-evaluation with another value replaces the earlier record (the file is rewritten under the same
 lock and renamed into place), one with the same value is not written again.
+
+Per-clip correctness: a single-label evaluation's record carries, in ``predictions``, which clips it got
+right (``"correct"``, :func:`encode_correct`) and which clips those are (``"clip_ids_sha1"``,
+:func:`clip_ids_sha1`), with the clips in the order of their sorted uids. Paired statistics between two rows
+(``benchmark.stats``) then need nothing but the records; :func:`per_clip` reads them back.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import json
@@ -18,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common.files import tmp_path
 from common.rundir import os_reason
@@ -58,7 +67,7 @@ class ResultRecord:
     # class name -> accuracy of its clips (single-label) or its AP (multi-label); None where it has none
     per_class: dict = field(default_factory=dict)
     # how the top-1 predictions spread: {"clips", "distinct", "top_class", "top_share", "target_share",
-    # "collapsed"}
+    # "collapsed"}; single-label records also {"correct", "clip_ids_sha1"}: which clips were right (per_clip)
     predictions: dict = field(default_factory=dict)
     # every score of the evaluation (the task's Metric.report), the metric's own included: AS-20K's
     # {"mAP", "mAUC", "d_prime", "num_classes", "num_classes_skipped_ap"}; {} in records older than the field
@@ -75,6 +84,59 @@ class ResultRecord:
             self.code_version = code_version()
         if not self.timestamp:
             self.timestamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass(frozen=True)
+class PerClip:
+    """Which clips one evaluation got right: ``correct[i]`` for the i-th clip in sorted-uid order."""
+
+    correct: np.ndarray  # (N,) bool
+    clip_ids_sha1: str  # the clips scored (clip_ids_sha1 of their uids): two evaluations pair only if equal
+
+
+def encode_correct(correct: Any) -> str:
+    """One bit per clip (1 = right), packed most significant bit first, as base64: about 170 characters for
+    1,000 clips."""
+    bits = np.asarray(correct, dtype=bool).reshape(-1)
+    return base64.b64encode(np.packbits(bits, bitorder="big").tobytes()).decode("ascii")
+
+
+def decode_correct(text: str, n: int) -> np.ndarray:
+    """The ``n`` booleans :func:`encode_correct` packed into ``text``.
+
+    Raises:
+        ValueError: ``text`` is not base64 or holds fewer than ``n`` bits.
+    """
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, AttributeError) as err:
+        raise ValueError(f"per-clip correctness is not base64: {err}") from None
+    if n < 0 or len(raw) * 8 < n or len(raw) > (n + 7) // 8:
+        raise ValueError(f"per-clip correctness holds {len(raw) * 8} bits (padded), not {n} clips")
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="big").astype(bool)
+
+
+def clip_ids_sha1(uids: Any) -> str:
+    """The sha1 (hex) of the sorted clip uids, one per line: names the set of clips scored, in the order
+    ``predictions["correct"]`` lists them."""
+    return hashlib.sha1("\n".join(sorted(str(u) for u in uids)).encode("utf-8")).hexdigest()
+
+
+def per_clip(record: ResultRecord) -> PerClip | None:
+    """Which clips ``record`` got right, or None: a record without them (multi-label, older than the fields,
+    not an accuracy) or whose bits do not give its value (e.g. a copy of a record made for another step)."""
+    pred = record.predictions or {}
+    text, digest, n = pred.get("correct"), pred.get("clip_ids_sha1"), pred.get("clips")
+    if not isinstance(text, str) or not isinstance(digest, str) or not isinstance(n, int) or n <= 0:
+        return None
+    try:
+        correct = decode_correct(text, n)
+    except ValueError:
+        return None
+    # half a clip of slack: the value is the same fraction, computed in float32 or float64
+    if record.metric != "accuracy" or abs(float(correct.mean()) - float(record.value)) > 0.5 / n:
+        return None
+    return PerClip(correct, digest)
 
 
 def config_hash(config: dict) -> str:

@@ -296,30 +296,36 @@ def _select_fold_runs(run_dirs: Sequence[str | Path]) -> dict:
     a step evaluated twice after a resume) and uses the steps every fold evaluated.
 
     Returns:
-        ``{"step", "mean_accuracy", "fold_accuracies", "runs"}``: the chosen step, the fold mean there, the
-        per-fold accuracies at it (in ``run_dirs`` order) and the folders.
+        ``{"step", "mean_accuracy", "fold_accuracies", "fold_per_clip", "runs"}``: the chosen step, the fold
+        mean there, the per-fold accuracies at it (in ``run_dirs`` order), each fold's per-clip correctness at
+        it (``{"correct", "clip_ids_sha1"}`` of ``metrics.per_clip_correctness``, or None where the line has
+        none) and the folders.
     """
     if len(run_dirs) < 2:
         raise ValueError(f"fold-averaged selection needs the fold runs (5 for ESC-50), got {len(run_dirs)}")
     key = Metric.ACCURACY.value
-    curves = []
+    curves, clips = [], []
     for d in run_dirs:
         path = Path(d) / "evals.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {d} a run_downstream.py run folder?")
-        by_step = {}
+        by_step, by_step_clips = {}, {}
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 if key in row:
                     by_step[int(row["step"])] = float(row[key])
+                    has = "correct" in row and "clip_ids_sha1" in row
+                    by_step_clips[int(row["step"])] = \
+                        {k: row[k] for k in ("correct", "clip_ids_sha1")} if has else None
         curves.append(by_step)
+        clips.append(by_step_clips)
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     if not steps:
         raise ValueError(f"the runs {[str(d) for d in run_dirs]} share no evaluated step")
     index, mean = metrics.fold_average_select_epoch([[c[s] for s in steps] for c in curves])
     return {"step": steps[index], "mean_accuracy": mean, "fold_accuracies": [c[steps[index]] for c in curves],
-            "runs": [str(d) for d in run_dirs]}
+            "fold_per_clip": [c[steps[index]] for c in clips], "runs": [str(d) for d in run_dirs]}
 
 
 register_task(TaskSpec("as20k", as20k, lambda r: {"root": r / "audioset"}, metric=Metric.MAP, loss=Loss.BCE,

@@ -75,7 +75,8 @@ from .stopping import NonFiniteLossError, PretrainStopped, StopFlag
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
-Probe = Callable[[nn.Module, int], dict]  # probe(objective, step) -> {name: value}
+# probe(objective, step) -> {name: value}, or a list of them (one per task)
+Probe = Callable[[nn.Module, int], dict | list[dict]]
 
 
 # ============================================================================================ the run
@@ -93,9 +94,10 @@ def run(cfg: PretrainConfig, *, resume: bool = False, probe: Probe | None = None
             ``downstream.knn.KnnProbe``, which ``run_pretrain.py --probe`` passes in: this package does not
             import ``downstream``). Rank 0
             calls it before the first step of a new run (step 0: the random initialisation) and after every
-            ``probe_every``-th step; the dict goes to ``losses.jsonl`` as ``{"step", "probe": dict}`` and its
-            numbers to tensorboard as ``probe/<key>``. It must leave the objective's weights and mode as it
-            found them; the loop re-seeds every micro-batch, so its RNG draws change nothing.
+            ``probe_every``-th step; the dict (or each dict of a list, one per task) goes to ``losses.jsonl``
+            as ``{"step", "probe": dict}`` and its numbers to tensorboard as ``probe/<key>``. It must leave
+            the objective's weights and mode as it found them; the loop re-seeds every micro-batch, so its RNG
+            draws change nothing.
         stop_at_step: end this invocation after that many steps in all, checkpointed, without changing the
             schedules' horizon ``cfg.max_steps`` (for time-limited jobs); ``resume`` continues from there.
         allow_config_change: let ``resume`` continue with settings other than the run's (e.g. a lower
@@ -239,7 +241,9 @@ def _loop(s: _State, stop_at_step: int | None, probe: Probe | None) -> None:
 
     def run_probe(at: int) -> None:
         if probe is not None and rank == 0:
-            report.probe(at, probe(raw, at))
+            result = probe(raw, at)
+            for record in result if isinstance(result, list) else [result]:  # several tasks: a line each
+                report.probe(at, record)
 
     try:
         if s.start == 0:

@@ -2,17 +2,24 @@
 the table and the plot; and a second call that finds everything done."""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
 import pytest
 
 from benchmark.demo import run_demo
-from benchmark.demo_data import DemoSize
-from benchmark.demo_spec import FAMILIES, SETTINGS, Setting, demo_table
+from benchmark.demo_data import SIZES, DemoSize
+from benchmark.demo_spec import FAMILIES, SETTINGS, Setting, demo_options, demo_table, setting_from_dict
 from downstream import results
 
 TOY = Setting(DemoSize("toy", 6, 1.0, 2, 6, 1, 2, 5, 0.5), {"ssast": 2, "mae_ast": 2, "asit": 2},
               ("batch_size=2", "ckpt_every=1", "log_every=1", "optim.warmup_steps=1"), folds=(1, 2, 3, 4, 5),
               downstream_overrides=("runner.total_steps=2", "runner.eval_step=1", "runner.batch_size=4",
                                     "runner.eval_batch_size=8"))
+# two seeds, run by two worker processes, with the k-NN probes of the pretraining runs
+TOY_SEEDS = replace(TOY, pretrain_overrides=TOY.pretrain_overrides + ("probe_every=1",), seeds=(1, 2),
+                    probe_tasks=("speech_commands_v2", "esc50"))
 
 
 def test_demo_table_has_a_pretrained_and_a_scratch_row_per_family():
@@ -25,6 +32,54 @@ def test_demo_table_has_a_pretrained_and_a_scratch_row_per_family():
                                                          for m in ("frozen", "finetune")}
     large = demo_table(SETTINGS["large"])
     assert {"ssast_discriminative", "ssast_generative"} <= {r.label for r in large.rows}
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_scratch_row_is_the_pretrained_row_s_model_from_random_weights(family, tmp_path):
+    """The upstream a scratch row builds (its overrides, random weights) has the configuration of the one its
+    pretrained row loads from the recipe's checkpoint: same window, grid, front end."""
+    import pretrain
+    import upstream
+    from common.resources import shipped_path
+    from upstream.checkpoint import save_upstream
+    from upstream.registry import get_family
+
+    recipe = shipped_path(family.recipe, prefer_shipped=True)
+    cfg = pretrain.resolve_config(family.pretrain_upstream, recipe, [], out_dir=tmp_path / "run")
+    save_upstream(get_family(family.name).build_objective(cfg.objective).to_upstream(), tmp_path / "u.pt")
+    pretrained = upstream.load(family.upstream, ckpt=tmp_path / "u.pt")
+    overrides = {}
+    for item in family.scratch_overrides:
+        key, value = item.split("=")
+        overrides[key.removeprefix("upstream_overrides.")] = int(value)
+    scratch = upstream.load(family.upstream, random_init=True, **overrides)
+    assert scratch.cfg == pretrained.cfg
+    if family.name == "ssast":  # without the override: 1 s windows, another model
+        assert upstream.load(family.upstream, random_init=True).cfg != pretrained.cfg
+
+
+def test_cpu_setting_has_seeds_probes_and_large_test_sets():
+    cpu = SETTINGS["cpu"]
+    assert len(cpu.seeds) >= 3 and cpu.probe_tasks == ("speech_commands_v2", "esc50")
+    assert any(o.startswith("probe_every=") for o in cpu.pretrain_overrides)
+    opts = demo_options(Path("out"), cpu)
+    assert tuple(opts.seeds) == cpu.seeds and tuple(opts.probe_tasks) == cpu.probe_tasks
+    size = SIZES[cpu.data_size]
+    keywords = size.quota()["testing"] * size.n_words * size.takes_per_speaker
+    esc = size.esc_classes * size.esc_clips_per_class  # the 5 test folds together
+    for n in (keywords, esc):  # a 95% interval at 50% accuracy within about +-3 points
+        assert n >= 1000 and 1.96 * (0.25 / n) ** 0.5 <= 0.031
+    assert "1,000 keyword clips, 5 x 200 ESC clips" in demo_table(cpu).notes
+    assert "3 downstream seeds per frozen-probe cell and 1 downstream seed per fine-tuned cell" in \
+        demo_table(cpu).notes
+    assert opts.mode_seeds == {"finetune": (1337,)}
+    from benchmark.suites import plan
+
+    jobs = plan(demo_table(cpu), opts)
+    assert len(jobs) == 6 * (3 * (1 + 5) + 1 * (1 + 5))  # rows x (frozen seeds + fine-tuned seeds) x runs
+    assert setting_from_dict(json.loads(json.dumps(asdict(cpu)))) == cpu
+    old = {k: v for k, v in asdict(cpu).items() if k not in ("seeds", "probe_tasks", "probe_clips")}
+    assert setting_from_dict(old).seeds == (1337,)  # a demo folder from before seeds: one seed
 
 
 @pytest.mark.slow
@@ -44,6 +99,25 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert set(line.replace("|", " ").split()) >= {"—"}  # a row that did not run shows as missing
     assert run_demo(out, TOY, device="cpu", rows=("ssast_pretrained", "asit_scratch")) == 0
     assert len(results.load(out / "results.jsonl")) == len(recs)  # second call: every job skipped
+
+
+@pytest.mark.slow
+def test_demo_runs_seeds_in_worker_processes_and_writes_probe_curves(tmp_path):
+    out = tmp_path / "demo"
+    assert run_demo(out, TOY_SEEDS, device="cpu", rows=("ssast_pretrained", "asit_scratch"), workers=2) == 0
+    recs = results.load(out / "results.jsonl")
+    tests = {(r.label, r.task, r.mode, r.fold, r.seed) for r in recs if r.split == "test"}
+    assert len(tests) == 2 * 2 * (1 + 5) * 2  # rows x modes x (keywords + 5 ESC folds) x seeds
+    curves = (out / "probe_curves.md").read_text()
+    assert "**speech_commands_v2**" in curves and "**esc50**" in curves and "| SSAST |" in curves
+    steps = [line.split("|")[1].strip() for line in curves.splitlines() if line.startswith("| ")]
+    assert steps[:3] == ["step", "0", "1"]  # step 0 (random init) and every probe_every step
+    run = json.loads((out / "demo_run.json").read_text())
+    assert run["setting"]["seeds"] == [1, 2] and run["invocations"][-1]["workers"] == 2
+    assert {"corpus", "pretrain ssast_pretrained", "frozen esc50", "finetune speech_commands_v2",
+            "total"} <= set(run["invocations"][-1]["cpu_minutes"])
+    assert run_demo(out, TOY_SEEDS, device="cpu", rows=("ssast_pretrained", "asit_scratch"), workers=1) == 0
+    assert len(results.load(out / "results.jsonl")) == len(recs)  # one process: every job skipped
 
 
 @pytest.mark.slow  # the demo end to end (about a minute on 2 cores)

@@ -2,12 +2,27 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import run_pretrain
-from downstream.knn import KnnProbe, knn_accuracy, knn_predict
+import upstream
+from downstream.datasets.clips import Clip
+from downstream.knn import (
+    KnnProbe,
+    ProbeSet,
+    ci95,
+    clip_features,
+    clip_group,
+    knn_accuracy,
+    knn_leave_group_out,
+    knn_predict,
+    mean_features,
+    probe_upstream,
+)
 from pretrain import run
 from tests.layouts import BUILDERS
 from tests.test_pretrain import FakeObjective, make_cfg, write_recipe
@@ -40,9 +55,37 @@ def test_vote_is_weighted_by_similarity():
         knn_predict(train, labels[:2], test, num_classes=2)
 
 
+def test_leave_group_out_never_takes_a_neighbour_from_the_clip_s_own_group():
+    # group 0: a0 (class 0), a1 (class 1) almost on a0; group 1: b0 (class 0) near both, b1 (class 1) apart
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.9, 0.2], [0.0, 1.0]])
+    labels, groups = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    # hand-computed k=1 neighbours from the other group: a0 -> b0 (cos .976), a1 -> b0 (.986),
+    # b0 -> a1 (.986), b1 -> a1 (.050)
+    assert knn_leave_group_out(feats, labels, groups, num_classes=2, k=1).tolist() == [0, 0, 1, 1]
+    # every clip its own group: a0 and a1 vote for each other, b1 takes b0 (cos .217)
+    assert knn_leave_group_out(feats, labels, torch.arange(4), num_classes=2, k=1).tolist() == [1, 0, 1, 0]
+    # k larger than the clips outside a group: capped at 2, b0 and b1 both vote for a0 (T=0.07: b0 wins)
+    assert knn_leave_group_out(feats, labels, groups, num_classes=2, k=50).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="two groups"):
+        knn_leave_group_out(feats, labels, torch.zeros(4), num_classes=2)
+
+
+def test_interval_and_groups_and_time_mean():
+    assert ci95(0.5, 100) == pytest.approx(1.959964 * 0.05)
+    assert ci95(0.9, 1000) == pytest.approx(1.959964 * (0.09 / 1000) ** 0.5)
+    assert math.isnan(ci95(math.nan, 10)) and math.isnan(ci95(0.5, 0))
+    assert clip_group(Clip(Path("w/1a2b3c4d_nohash_3.wav"), 0, "test")) == "1a2b3c4d"
+    assert clip_group(Clip(Path("a/1-100-A-0.wav"), 0, "train", fold=2)) == "fold2"
+    assert clip_group(Clip(Path("c/x.wav"), 0, "train")) is None
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],  # clip 0: 2 frames, then padding
+                           [[1.0, 1.0], [2.0, 2.0], [6.0, 0.0]]])
+    means = mean_features({"last_hidden_state": hidden, "lengths": torch.tensor([2, 3])})
+    torch.testing.assert_close(means, torch.tensor([[2.0, 3.0], [3.0, 1.0]]))
+
+
 def test_probe_scores_an_objective_and_leaves_it_as_it_was(tmp_path):
     root = BUILDERS["folder"](tmp_path / "data", clips_per_class=3)["root"]
-    probe = KnnProbe("folder", str(root), max_clips=7, k=5)
+    probe = KnnProbe("folder", str(root), max_clips=14, k=5)  # no groups: train -> test, 7 clips each
     objective = FakeObjective({}).train()
     before = {k: v.clone() for k, v in objective.state_dict().items()}
     torch.manual_seed(3)
@@ -51,10 +94,39 @@ def test_probe_scores_an_objective_and_leaves_it_as_it_was(tmp_path):
     torch.manual_seed(3)
     assert torch.equal(after_rng, torch.rand(2))  # building the upstream drew nothing from the global stream
     assert objective.training and all(torch.equal(before[k], v) for k, v in objective.state_dict().items())
-    assert record["task"] == "folder" and record["split"] == "test" and record["k"] == 5
-    assert record["train_clips"] == 7 and record["test_clips"] == 7  # capped from 9 each
+    assert record["task"] == "folder" and record["protocol"] == "train -> test" and record["k"] == 5
+    assert record["n_clips"] == 7  # the test clips, capped from 9
     assert 0.0 <= record["knn_accuracy"] <= 1.0 and record["chance"] == pytest.approx(1 / 3)
+    assert record["ci95"] == pytest.approx(ci95(record["knn_accuracy"], 7))
+    assert 0.0 <= record["clip_knn_accuracy"] <= 1.0
     assert probe(objective, 1)["knn_accuracy"] == record["knn_accuracy"]  # same weights and clips: same score
+
+
+def test_probe_leaves_one_speaker_out_over_every_clip(tmp_path):
+    root = BUILDERS["speech_commands_v2"](tmp_path / "data", clips_per_class=2)["root"].parent
+    probe = KnnProbe("speech_commands_v2", str(root), k=3)
+    assert probe.protocol == "leave one speaker out"
+    assert probe.n_clips == 3 * 3 * 2  # words x splits x clips: train, dev and test all scored
+    record = probe(FakeObjective({}).train(), 0)
+    assert record["n_clips"] == 18 and record["majority"] == pytest.approx(1 / 3)
+    # the score is the leave-one-group-out vote on these features, computed again here
+    feats = clip_features(probe_upstream(FakeObjective({})), probe._audio(16000))["mean"]
+    pred = knn_leave_group_out(feats, probe.labels, probe.groups, 3, k=3)
+    assert record["knn_accuracy"] == pytest.approx(float((pred == probe.labels).double().mean()))
+
+
+def test_probe_loads_the_encoder_as_the_downstream_does():
+    """SSAST pretrains on 16x16 patches at stride 16; its downstream upstream (s3prl) uses stride 10."""
+    from upstream.registry import get_family
+
+    objective = get_family("ssast").build_objective({"family": "ssast", "size": "mini"})
+    own, probed = objective.to_upstream(), probe_upstream(objective)
+    reference = upstream.load("ssast_patch_mini", random_init=True)
+    assert (probed.cfg.encoder.fstride, probed.cfg.encoder.tstride) == (
+        reference.cfg.encoder.fstride, reference.cfg.encoder.tstride)
+    assert probed.cfg.encoder.tstride != own.cfg.encoder.tstride
+    torch.testing.assert_close(probed.encoder.patch_embed.proj.weight, own.encoder.patch_embed.proj.weight)
+    assert probe_upstream(FakeObjective({})).cfg == FakeObjective({}).to_upstream().cfg  # not registered
 
 
 def test_probe_refuses_what_it_cannot_score(tmp_path):
@@ -99,8 +171,19 @@ def test_cli_probe_writes_records(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "exp/p/losses.jsonl").read_text().splitlines()]
     probes = {r["step"]: r["probe"] for r in lines if "probe" in r}
     assert sorted(probes) == [0, 2, 4]
-    assert all(p["task"] == "folder" and p["train_clips"] == 4 and 0 <= p["knn_accuracy"] <= 1
-               for p in probes.values())
+    assert all(p["task"] == "folder" and p["n_clips"] == 2 and 0 <= p["knn_accuracy"] <= 1
+               for p in probes.values())  # 4 clips: 2 train, 2 scored
+
+
+def test_a_probe_set_writes_one_line_per_task(tmp_path):
+    root = BUILDERS["folder"](tmp_path / "data")["root"]
+    probes = ProbeSet([lambda o, step: {"task": "a", "knn_accuracy": step / 10},
+                       lambda o, step: {"task": "b", "knn_accuracy": step / 20}])
+    out = tmp_path / "run"
+    run(make_cfg(out, root, "max_steps=4", "probe_every=2", "log_every=2"), probe=probes)
+    lines = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    got = [(r["step"], r["probe"]["task"], r["probe"]["knn_accuracy"]) for r in lines if "probe" in r]
+    assert got == [(0, "a", 0.0), (0, "b", 0.0), (2, "a", 0.2), (2, "b", 0.1), (4, "a", 0.4), (4, "b", 0.2)]
 
 
 def test_cli_probe_bad_inputs(tmp_path, capsys):

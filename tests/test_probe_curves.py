@@ -118,3 +118,19 @@ def test_plot_is_written_with_matplotlib(tmp_path, runs):
     written = write_report([c for r in runs for c in read_probe_curves(r)], tmp_path)
     assert written["png"] == tmp_path / "probe_curves.png"
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_clips_and_interval_row(tmp_path):
+    """A probe that reports its clips and 95% half-width: the table gives both (the widest)."""
+    run = tmp_path / "asit"
+    run.mkdir()
+    (run / "losses.jsonl").write_text("\n".join([
+        _probe(0, 0.5, n_clips=1000, ci95=0.031), _probe(100, 0.6, n_clips=1000, ci95=0.0304),
+    ]) + "\n")
+    (curve,) = read_probe_curves(run)
+    assert [(p.n_clips, p.ci95) for p in curve.points] == [(1000, 0.031), (1000, 0.0304)]
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in curves_table([curve]).splitlines()
+            if r.startswith("| ")}
+    assert rows["clips scored, 95% interval"] == "1000, ±3.1"
+    (other,) = read_probe_curves(run, metric="k")  # another metric: its interval is not the accuracy's
+    assert all(p.ci95 is None for p in other.points)

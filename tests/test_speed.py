@@ -197,3 +197,24 @@ def test_optimizers_take_the_fused_kernels_on_cpu_and_agree_with_the_loop():
     for w, c, w0 in zip(weights, copies, start):
         assert (w - w0).abs().mean() > 1e-3  # 20 steps of lr 1e-3 moved the weights
         torch.testing.assert_close(w, c, rtol=0, atol=1e-6)  # float rounding only (~1e-7 seen)
+
+
+def test_long_clip_mode_measures_each_request_in_its_own_process(capsys):
+    assert speed.main(["long", "ssast_patch_mini", "--secs", "3", "--layers", "all", "none", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ssast_patch_mini")]
+    assert len(lines) == 3
+    returned = [float(line.split("|")[6]) for line in lines]  # MB returned: 2 layers + last, last, 1 + last
+    assert returned[1] < returned[2] < returned[0]
+    assert returned[0] == pytest.approx(3 * returned[1])
+    with pytest.raises(SystemExit):
+        speed.main(["long", "ssast_patch_mini", "--layers", "x"])
+
+
+def test_official_column_says_why_it_has_no_figure(monkeypatch):
+    assert speed_measure.official_clips_per_sec("asit_base", "cpu", 1, 1.0) == "no s3prl expert"
+    rows = speed_measure.bench_features(["ssast_patch_mini"], "cpu", 1, 1.0, None, official=True,
+                                        min_secs=0.01)
+    assert rows[0][0].startswith("ssast_patch_mini features") and float(rows[0][2]) > 0
+    assert rows[1][2] == "n/a" and rows[1][3] == "no s3prl expert"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "s3prl" else object())
+    assert speed_measure.official_clips_per_sec("ssast_patch_400", "cpu", 1, 1.0) == speed_measure.NEEDS_S3PRL

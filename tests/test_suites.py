@@ -188,6 +188,11 @@ def test_esc50_folds_get_one_step_chosen_on_the_fold_averaged_curve(tmp_path):
     best = steps[int(np.argmax([np.mean([c[s] for c in curves]) for s in steps]))]
     assert chosen[0].step == best
     assert [r.value for r in chosen] == pytest.approx([c[best] for c in curves])
+    # each record carries which clips were right at the chosen step (evals.jsonl), not at the fold's own best
+    for r, fold_dir in zip(chosen, sorted((tmp_path / "exp" / "downstream" / "t").glob("a_esc50_fold*"))):
+        at_best, = [e for e in map(json.loads, (fold_dir / "evals.jsonl").read_text().splitlines())
+                    if e["step"] == best]
+        assert r.predictions["correct"] == at_best["correct"] and results.per_clip(r) is not None
     assert run_suite(table, opts, log=lambda _: None).ok  # everything done: nothing appended
     assert len(results.load(opts.results)) == len(recs)
 
@@ -250,3 +255,63 @@ def test_named_pretraining_corpora(tmp_path):
     with pytest.raises(PretrainRunError, match=r"\['wavs'\]"):
         wavs = RunSpec(**{**PRETRAIN.__dict__, "pretrain_data": ("wavs",)})
         pretrain_data(wavs, default, corpora, tmp_path / "o")
+
+
+def test_pretraining_runs_probe_as_the_row_s_upstream(tmp_path):
+    """``probe_tasks``: the pretraining run gets k-NN probe lines in its losses.jsonl (step 0 and every
+    probe_every steps, a line per task), from probes that load the encoder as the row's upstream."""
+    import json
+
+    import soundfile as sf
+    import torch
+
+    from benchmark.suites import job_checkpoint, pretrain_probe
+
+    data = tmp_path / "data"
+    make_speech_commands_v2(data, clips_per_class=2)
+    audio = tmp_path / "unlabeled"
+    audio.mkdir()
+    for i in range(4):
+        sf.write(audio / f"{i}.wav", (0.1 * torch.randn(32000)).numpy(), 16000)
+    probed_every_step = PRETRAIN.pretrain_overrides + ("probe_every=1",)
+    run = RunSpec(**{**PRETRAIN.__dict__, "pretrain_overrides": probed_every_step})
+    opts = SuiteOptions(data_root=str(data), pretrain_data=str(audio), expdir=str(tmp_path / "exp"),
+                        probe_tasks=("speech_commands_v2",), probe_clips=12)
+    assert pretrain_probe(run, SuiteOptions()) is None  # no tasks: no probe
+    probes = pretrain_probe(run, opts).probes
+    assert [p.upstream for p in probes] == ["ssast_patch_mini"] and probes[0].n_clips == 12
+    assert pretrain_probe(RunSpec("asit_mini"), opts).probes[0]._wavs is probes[0]._wavs  # audio read once
+    job = plan(_table(_row("pre", run)), opts)[0]
+    job_checkpoint(job, opts, log=lambda _: None)
+    losses = pretrain_dir(run, opts.expdir) / "losses.jsonl"
+    lines = [json.loads(x) for x in losses.read_text().splitlines()]
+    probed = [(r["step"], r["probe"]["task"], r["probe"]["n_clips"]) for r in lines if "probe" in r]
+    assert probed == [(0, "speech_commands_v2", 12), (1, "speech_commands_v2", 12),
+                      (2, "speech_commands_v2", 12)]
+
+
+def test_reports_merge_their_jobs_and_stage_times():
+    from benchmark.suites import Job, SuiteReport
+
+    a, b = SuiteReport(), SuiteReport()
+    job = Job("t", "r", MINI, "esc50", "frozen", 1, 1)
+    a.add_time("frozen esc50", 2.0, 1.0)
+    a.add_time("frozen esc50", 3.0, 2.0)
+    b.add_time("frozen esc50", 1.0, 0.5)
+    b.add_time("pretrain r", 10.0, 9.0)
+    b.done.append(job)
+    b.failed.append((job, "why"))
+    a.merge(b)
+    assert a.stages == {"frozen esc50": [6.0, 3.5], "pretrain r": [10.0, 9.0]}
+    assert a.done == [job] and a.failed == [(job, "why")] and not a.ok
+
+
+def test_a_mode_can_have_its_own_seeds():
+    table = _table(_row("a", MINI))
+    jobs = plan(table, SuiteOptions(seeds=(1, 2, 3), mode_seeds={"finetune": (1,)}))
+    assert sorted({(j.mode, j.seed) for j in jobs}) == [("finetune", 1), ("frozen", 1), ("frozen", 2),
+                                                        ("frozen", 3)]
+    from benchmark.suites import _one_seed
+
+    one = _one_seed(SuiteOptions(seeds=(1, 2, 3), mode_seeds={"finetune": (1,)}), "a", 2)
+    assert {(j.mode, j.seed) for j in plan(table, one)} == {("frozen", 2)}  # seed 2 is not fine-tuned

@@ -11,11 +11,13 @@ drops them after :meth:`add_position`, ASiT corrupts the spectrogram before :met
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
+from .frontend import AUDIOSET_MEAN, AUDIOSET_STD
 from .layers import Block, sinusoid_pos_embed
 from .tokenizer import PatchEmbed, grid_size
 
@@ -85,6 +87,12 @@ class ASTEncoder(nn.Module):
         self.cfg = cfg
         D = cfg.embed_dim
         self.input_bn = nn.BatchNorm2d(1, affine=False) if cfg.input_batchnorm else None
+        if self.input_bn is not None:
+            # An untrained model in eval mode (a from-scratch frozen probe, a probe at step 0) normalises as a
+            # trained one does: AudioSet log-mel statistics, not BatchNorm's (0, 1), which would leave the
+            # log-mel un-normalised. Checkpoints load their own statistics over these.
+            self.input_bn.running_mean.fill_(AUDIOSET_MEAN)
+            self.input_bn.running_var.fill_(AUDIOSET_STD ** 2)
         self.patch_embed = PatchEmbed(D, cfg.fshape, cfg.tshape, cfg.fstride, cfg.tstride, cfg.token_order)
         if cfg.num_prefix_tokens:
             self.prefix_tokens = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, D))
@@ -181,13 +189,18 @@ class ASTEncoder(nn.Module):
         return torch.cat([prefix.expand(B, -1, -1).to(x.dtype), x], dim=1)
 
     def forward_blocks(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                       indices: list[int] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                       indices: list[int] | None = None,
+                       sink: Callable[[int, torch.Tensor], None] | None = None,
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Run the blocks.
 
         Args:
             x: (B, L, D) embedded tokens (prefix included).
             key_padding_mask: (B, L) bool, True = padding (never attended to).
             indices: which block outputs to keep (default all).
+            sink: given, each kept output goes to ``sink(block index, output)`` as soon as it is made
+                instead of into the returned list (then empty), so a caller that copies them elsewhere
+                never holds more than one.
         Returns:
             (outputs of the kept blocks, each (B, L, D); final features after the last norm (B, L, D)).
         """
@@ -195,32 +208,36 @@ class ASTEncoder(nn.Module):
         if key_padding_mask is not None and not bool(key_padding_mask.any()):
             key_padding_mask = None  # lets SDPA take its fused kernels
         x = self.block_drop(self.input_norm(x))
-        outs = []
+        outs: list[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):
-            if self.training and self.cfg.layerdrop > 0 and torch.rand(()) < self.cfg.layerdrop:
-                if i in keep:
-                    outs.append(x)
+            if not (self.training and self.cfg.layerdrop > 0 and torch.rand(()) < self.cfg.layerdrop):
+                x = blk(x, key_padding_mask)  # else layerdrop: the block is skipped, its input is its output
+            if i not in keep:
                 continue
-            x = blk(x, key_padding_mask)
-            if i in keep:
+            if sink is None:
                 outs.append(x)
+            else:
+                sink(i, x)
         return outs, self.norm(x)
 
     # ------------------------------------------------------------------ whole passes
     def forward_intermediates(self, fbank: torch.Tensor, token_padding: torch.Tensor | None = None,
-                              indices: list[int] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                              indices: list[int] | None = None,
+                              sink: Callable[[int, torch.Tensor], None] | None = None,
+                              ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Spectrogram -> (per-block outputs, final features), prefix tokens included.
 
         Args:
             fbank: (B, T, F) normalised spectrogram.
             token_padding: (B, N) bool over patch tokens, True = padding.
+            indices, sink: as :meth:`forward_blocks`.
         """
         x = self.add_position(self.tokenize(fbank), token_padding)
         kpm = None
         if token_padding is not None:
             P = self.cfg.num_prefix_tokens
             kpm = torch.cat([token_padding.new_zeros(token_padding.shape[0], P), token_padding], dim=1)
-        return self.forward_blocks(x, kpm, indices)
+        return self.forward_blocks(x, kpm, indices, sink)
 
     def forward_features(self, fbank: torch.Tensor,
                          token_padding: torch.Tensor | None = None) -> torch.Tensor:

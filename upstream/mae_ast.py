@@ -7,11 +7,15 @@ A post-norm (fairseq) encoder with no prefix tokens and fixed sinusoidal positio
 time-major token index; the spectrogram is normalised inside the model by ``BatchNorm2d(1) * 0.5``.
 Upstream features follow s3prl: the whole clip at once, a token padding mask from the fbank lengths
 (a partly padded patch counts as valid, as the official ``forward_padding_mask`` does), every layer's
-output, tokens of one time step concatenated, layerdrop off.
+output, tokens of one time step concatenated, layerdrop off. Attention over the whole clip costs the square
+of its length; the opt-in ``target_length=N`` (frames, a multiple of the patch step) cuts the clip's fbank
+into N-frame windows run as one padded batch, the end of the last window masked, and concatenates their
+frame features: linear in the clip's length, each window what the model gives on it alone (a deviation
+from the official model, ``docs/deviations.md``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,7 +57,7 @@ TOKENS = {  # ast_kernel_size/stride (chan, time): README commands of MAE-AST-Pu
     "patch": dict(fshape=16, tshape=16, fstride=16, tstride=16),
     "frame": dict(fshape=128, tshape=2, fstride=128, tstride=2),
 }
-OVERRIDES = {"partial_patch_valid", "pooling", "random_init", "model_size"}
+OVERRIDES = {"partial_patch_valid", "pooling", "random_init", "model_size", "target_length"}
 
 
 def encoder_config(token: str, size: str) -> EncoderConfig:
@@ -88,9 +92,19 @@ def build_mae_ast(name: str, token: str, size: str, default_file: str | None, ck
             frontend = raw.extra["upstream_config"].frontend
     else:
         enc = encoder_config(token, overrides.get("model_size", size))
-    # s3prl's expert sets encoder.layerdrop = 0 so hidden states have defined indices, also with -f
-    enc = EncoderConfig.from_dict({**enc.to_dict(), "layerdrop": 0.0})
-    cfg = UpstreamConfig("mae_ast", enc, frontend,
+    # opt-in windows for long audio (docs/deviations.md): target_length=N cuts the clip's fbank into N-frame
+    # windows whose frame features are concatenated; None (the official model, s3prl) attends over it all
+    target = overrides.get("target_length", frontend.target_length)
+    if target is not None and (not isinstance(target, int) or isinstance(target, bool) or target < enc.tshape
+                               or target % enc.tstride):
+        raise ValueError(f"{name}: target_length must be None (the whole clip) or a whole number of "
+                         f"{enc.tstride}-frame patch steps (at least {enc.tshape} frames), got {target!r}")
+    frontend = replace(frontend, target_length=target)
+    # s3prl's expert sets encoder.layerdrop = 0 so hidden states have defined indices, also with -f; a
+    # windowed model's input length is its window (the one length, frontend.target_length)
+    enc = EncoderConfig.from_dict({**enc.to_dict(), "layerdrop": 0.0,
+                                   "input_tdim": target if target is not None else enc.tshape})
+    cfg = UpstreamConfig("mae_ast", enc, frontend, window_mode="exact" if target is not None else "s3prl",
                          partial_patch_valid=overrides.get("partial_patch_valid", True),
                          pooling=overrides.get("pooling", "mean"))
     return upstream_with_weights(cfg, name, raw)
