@@ -13,7 +13,7 @@ differing key is named) unless ``--allow-config-change``. SIGTERM / Ctrl-C: ``la
 step under way (at the next ``log_every`` step under torchrun), no ``upstream.pt`` is written; ``--resume``
 continues exactly. ``--probe TASK [TASK ...]``: a k-NN probe (``downstream.knn``) of the encoder on each
 labelled task at step 0 and every ``probe_every`` steps, one ``losses.jsonl`` line per task and tensorboard
-``probe/knn_accuracy``.
+``probe/<task>/knn_accuracy``.
 
 Exit codes: 0 done, 1 non-finite loss (the last good checkpoint, if any, kept), 2 bad arguments, config, data
 or run folder (one ``error:`` line), 128 + the signal's number when stopped by one (143 SIGTERM, 130 SIGINT).

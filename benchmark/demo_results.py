@@ -196,7 +196,9 @@ def _readme(folder: Path, markdown: str, meta: dict, plot: Path | None, probes: 
              f"downstream seeds {_seeds(meta['setting'])}.", ""]
     invocations = meta.get("invocations", [])
     if invocations:
-        lines += ["| date | jobs run | skipped | failed | minutes | device | CPU cores | torch |",
+        lines += ["Minutes: wall time of each stage summed over the demo's worker processes; `total` is the "
+                  "invocation's wall time.", "",
+                  "| date | jobs run | skipped | failed | minutes | device | CPU cores | torch |",
                   "|---|---|---|---|---|---|---|---|"]
         for inv in invocations:
             minutes = ", ".join(f"{k} {v:.1f}" for k, v in inv["minutes"].items())

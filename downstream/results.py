@@ -149,13 +149,20 @@ _CODE_VERSION: str | None = None
 
 
 def code_version() -> str:
-    """The git commit of this checkout if it is one, else the installed package version."""
+    """The git commit of this checkout if it is one (``+dirty`` when tracked files differ from it), else the
+    installed package version."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
         try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                 capture_output=True, text=True, timeout=5)
+            here = Path(__file__).resolve().parent
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                 timeout=5)
             _CODE_VERSION = out.stdout.strip() if out.returncode == 0 else ""
+            if _CODE_VERSION:  # a record must not claim a commit whose tracked files were edited since
+                status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                        capture_output=True, text=True, timeout=5)
+                if status.returncode != 0 or status.stdout.strip():
+                    _CODE_VERSION += "+dirty"
         except (OSError, subprocess.SubprocessError):
             _CODE_VERSION = ""
         if not _CODE_VERSION:

@@ -69,9 +69,10 @@ class Reporter:
         self.file.write(json.dumps({"step": step, "probe": result}) + "\n")
         self.file.flush()
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if self.writer is not None:
+        if self.writer is not None:  # one curve per probed task: probe/<task>/<key>
+            prefix = f"probe/{result['task']}" if isinstance(result.get("task"), str) else "probe"
             for k, v in numbers.items():
-                self.writer.add_scalar(f"probe/{k}", v, step)
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
         text = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
         if self.bar.disable:
             log.info("probe at step %d: %s", step, text)

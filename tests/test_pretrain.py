@@ -551,3 +551,23 @@ def test_every_recipe_resolves_and_builds(recipe):
     assert objective.family == cfg.objective["family"] and objective.num_views in (1, 2)
     assert cfg.batch_size % cfg.grad_accum == 0 and cfg.max_steps > cfg.optim.warmup_steps
     assert cfg.data.path == ""  # data roots come from --data, never from a committed recipe
+
+
+def test_probe_records_go_to_losses_jsonl_and_one_tensorboard_curve_per_task(tmp_path):
+    """Two probed tasks at one step: two losses.jsonl lines, and tensorboard keeps them apart by task."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.report import Reporter
+
+    out = tmp_path / "run"
+    cfg = make_cfg(out, tmp_path / "audio", "tensorboard=true")
+    reporter = Reporter(cfg, out, start=0, stop=10, resume=False, enabled=True)
+    reporter.probe(0, {"task": "esc50", "knn_accuracy": 0.25, "n_clips": 40})
+    reporter.probe(0, {"task": "speech_commands_v2", "knn_accuracy": 0.75, "n_clips": 80})
+    reporter.close()
+    assert [r["probe"]["task"] for r in losses(out)] == ["esc50", "speech_commands_v2"]
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"probe/esc50/knn_accuracy", "probe/speech_commands_v2/knn_accuracy"} <= tags
+    assert [e.value for e in events.Scalars("probe/speech_commands_v2/knn_accuracy")] == [0.75]

@@ -65,3 +65,18 @@ def test_corrupt_line_named(tmp_path):
     with pytest.raises(ValueError, match="line 2"):
         results.load(path)
     assert len(results.load(path, skip_corrupt=True)) == 2
+
+
+@pytest.mark.parametrize("status, want", [("", "abc123"), (" M downstream/job.py\n", "abc123+dirty")])
+def test_code_version_marks_edited_tracked_files(monkeypatch, status, want):
+    """A record claims a commit only when no tracked file differs from it (git's answers stubbed)."""
+    import subprocess
+
+    answers = {"rev-parse": "abc123\n", "status": status}
+
+    def fake_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 0, stdout=answers[cmd[1]], stderr="")
+
+    monkeypatch.setattr(results, "_CODE_VERSION", None)
+    monkeypatch.setattr(results.subprocess, "run", fake_run)
+    assert results.code_version() == want
