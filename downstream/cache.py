@@ -117,6 +117,29 @@ def cache_key(up: nn.Module, name: str, overrides: dict, selection: str, seed: i
     return hashlib.sha256(blob).hexdigest()[:32], desc
 
 
+def _clip_identity(clip) -> tuple:
+    """What a clip's cached features depend on besides the upstream: its file, crop and gain."""
+    return (str(clip.path), clip.crop_secs, clip.random_crop, clip.gain_db)
+
+
+def _whole_clip_pool(data: TaskData, sample_rate: int) -> ClipDataset | None:
+    """Every distinct clip of every split of ``data``, longest first (then by path), as one evaluation
+    dataset; None when a clip is cropped (its audio may depend on the split, the seed or the epoch).
+
+    ESC-50's and IEMOCAP's folds are the same clips split five ways, so the folds of one upstream share one
+    shard: each clip's features are computed once per task, not once per fold. Batches follow the pool's
+    order, the same for every fold, so a clip's features do not depend on the fold it is scored in.
+    """
+    seen: dict[tuple, object] = {}
+    for clips in data.splits.values():
+        for clip in clips:
+            if clip.crop_secs is not None:
+                return None
+            seen.setdefault(_clip_identity(clip), clip)
+    ordered = sorted(seen.values(), key=lambda c: (-(c.loaded_secs or 0.0), str(c.path)))
+    return ClipDataset(ordered, sample_rate, data.classes, multilabel=data.multilabel, train=False)
+
+
 def _clips_digest(ds: ClipDataset) -> str:
     h = hashlib.sha256()
     seeded = any(c.random_crop for c in ds.clips) and not ds.train
@@ -178,9 +201,11 @@ class CachedDataset(Dataset):
     """A :class:`ClipDataset` whose cached clips are read from a shard: item = ``(feats (T, L, H) f16 or wav
     (S,), label, uid)``; a live clip (random training crop) is loaded as audio."""
 
-    def __init__(self, ds: ClipDataset, shard: Path, meta: dict):
+    def __init__(self, ds: ClipDataset, shard: Path, meta: dict, rows: Sequence[int] | None = None):
         self.ds, self.shard, self.meta = ds, shard, meta
         self.live = set(meta["live"])
+        # clip i of ds is clip rows[i] of the shard (a task's shared shard); None: the shard is ds's own
+        self.rows = None if rows is None else list(rows)
         self._feats = self._offsets = None  # opened lazily, once per worker process
 
     def __len__(self) -> int:
@@ -197,7 +222,8 @@ class CachedDataset(Dataset):
         if index in self.live:
             return self.ds[index]
         feats, offsets = self._open()
-        rows = torch.from_numpy(np.array(feats[offsets[index]: offsets[index + 1]]))  # (T, L, H)
+        at = index if self.rows is None else self.rows[index]
+        rows = torch.from_numpy(np.array(feats[offsets[at]: offsets[at + 1]]))  # (T, L, H)
         _, label, uid = self._label(index)
         return rows, label, uid
 
@@ -255,6 +281,17 @@ class FeatureCache:
                 read-only.
         """
         ds = data.dataset(split, sample_rate, train=train, seed=seed)
+        pool = _whole_clip_pool(data, sample_rate)
+        if pool is not None:  # every split of the task reads the one shard of all its clips
+            shard = self.dir / f"all-{_clips_digest(pool)}-eval"
+            meta, problem = self._open(shard)
+            if meta is None:
+                if not build:
+                    what = problem or f"shard {shard} is missing or incomplete"
+                    raise FeatureCacheError(f"feature cache: {what} (not rebuilt: build=False)")
+                meta = self._build_once(pool, shard, set())
+            index = {_clip_identity(c): i for i, c in enumerate(pool.clips)}
+            return CachedDataset(ds, shard, meta, [index[_clip_identity(c)] for c in ds.clips])
         live = [i for i, c in enumerate(ds.clips) if c.random_crop and c.crop_secs is not None and train]
         shard = self.dir / f"{split}-{_clips_digest(ds)}-{'train' if live else 'eval'}"
         meta, problem = self._open(shard)

@@ -136,7 +136,7 @@ def test_cached_and_live_clips_give_the_wav_path_logits(tmp_path):
 
 def test_a_damaged_shard_in_a_cache_that_cannot_be_written_is_one_cli_error(tmp_path, capsys, monkeypatch):
     assert _main(tmp_path, "first") == 0
-    (shard,) = (tmp_path / "cache").glob("*/test-*.f16")
+    (shard,) = (tmp_path / "cache").glob("*/all-*.f16")  # the task's one shard (whole clips)
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
@@ -151,3 +151,45 @@ def test_a_damaged_shard_in_a_cache_that_cannot_be_written_is_one_cli_error(tmp_
     assert err[-1] == (f"error: feature cache: {shard} does not match its checksum (damaged or changed), and "
                        f"it cannot be rebuilt there (Permission denied: {shard.with_suffix('.lock')}); use a "
                        f"writable --cache-dir (or $ASTBENCH_CACHE)")
+
+
+def test_folds_of_a_task_share_one_shard_and_a_clip_has_one_feature(tmp_path, calls):
+    """ESC-50's five folds are one set of clips split five ways: the clips run through the upstream once for
+    all folds, and a clip reads the same features whichever fold scores it."""
+    BUILDERS["esc50"](tmp_path / "data")
+    root = tmp_path / "data"
+    up = upstream.load("ssast_patch_mini").eval()
+    cache = FeatureCache(tmp_path / "cache", up, "ssast_patch_mini", {}, "hidden_states", 0, 4,
+                         torch.device("cpu"), log=lambda _: None)
+    task = get_task("esc50")
+    folds = {k: task.read(root, fold=k, log=lambda _: None) for k in (1, 2)}
+    n_clips = len({c.path for c in folds[1].splits["train"] + folds[1].splits["test"]})
+    by_fold = {k: {split: cache.dataset(data, split, up.sample_rate, train=split == "train", seed=0)
+                   for split in data.splits} for k, data in folds.items()}
+    assert calls["clips"] == n_clips  # built once, for every clip of the task; fold 2 computed nothing
+    (shard,) = {ds.shard for splits in by_fold.values() for ds in splits.values()}
+    assert shard.name.startswith("all-")
+    # a clip of fold 1's test split is in fold 2's train split: the same rows of the same shard
+    test1 = by_fold[1]["test"]
+    train2 = by_fold[2]["train"]
+    where = {c.path: i for i, c in enumerate(train2.ds.clips)}
+    for i, clip in enumerate(test1.ds.clips):
+        assert torch.equal(test1[i][0], train2[where[clip.path]][0])
+        assert test1[i][1] == train2[where[clip.path]][1] == clip.label
+    # and those rows are the clip's own features (float16 storage aside)
+    wav = test1.ds[0][0]
+    with torch.no_grad():
+        want = torch.stack(up([wav])["hidden_states"], dim=2)[0]  # (T, L, H)
+    torch.testing.assert_close(test1[0][0].float(), want[: test1[0][0].shape[0]], rtol=2e-3, atol=2e-3)
+
+
+def test_cropped_clips_keep_a_shard_per_split(tmp_path):
+    """A task with cropped clips (here: every clip cut to 0.5 s) does not pool: a crop may depend on the split
+    and the seed, so each split keeps its own shard."""
+    data, up, cache = _cache(tmp_path)
+    for clips in data.splits.values():
+        for clip in clips:
+            clip.crop_secs = 0.5
+    shards = {cache.dataset(data, split, up.sample_rate, train=False, seed=0).shard.name.split("-")[0]
+              for split in data.splits}
+    assert shards == set(data.splits)
