@@ -12,6 +12,10 @@ Layout (``<cache_dir>`` = ``--cache-dir``, else ``$ASTBENCH_CACHE``, else ``~/.c
     <cache_dir>/<key>/<split>-<clips>.offsets.npy  (N + 1,) int64 row offsets; clip i = rows [o[i], o[i+1])
     <cache_dir>/<key>/<split>-<clips>.json         shapes, live clips, a content checksum; written last
 
+A task whose clips are all whole (no crop) keeps ONE shard of all its distinct clips, named ``all-<clips>``,
+which every split and every fold reads (ESC-50's and IEMOCAP's five folds compute each clip once, not five
+times); a task with cropped clips keeps a shard per split, named by the split.
+
 ``<key>`` hashes the upstream name, its weights (its checkpoint's sha256, or the sha256 of its state_dict
 tensors plus the seed for a random-init or plug-in upstream), the upstream overrides, the feature selection
 and what the upstream's public ``upstream.interface.feature_fingerprint`` says its features depend on (its
