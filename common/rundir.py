@@ -29,30 +29,40 @@ __all__ = ["check_run_dir", "config_diff", "ensure_writable_dir", "os_reason", "
 _ABSENT = object()
 
 
-def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = ()) -> list[str]:
+def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = (),
+                defaults: Mapping | None = None) -> list[str]:
     """The keys whose values differ between two config trees, one readable line each, in key order.
 
     Keys are dotted (``optimizer.lr``); ``ignore`` lists keys (or section prefixes, ``run.data_root``) left
     out of the comparison. Values compare as their JSON text, so ``1e-4`` read back from YAML equals
-    ``0.0001``.
+    ``0.0001``. ``defaults`` (a config tree of default values): a key the saved config lacks, because it was
+    saved before the key existed, is no difference while its current value is the default, which is how the
+    saved run behaved.
 
     >>> config_diff({"run": {"seed": 1}, "lr": 0.1}, {"run": {"seed": 7}, "lr": 0.1})
     ['run.seed was 1, now 7']
     """
     ignore = tuple(ignore)
     old, new = flatten_config(saved), flatten_config(current)
+    base = flatten_config(defaults) if defaults is not None else {}
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == i or key.startswith(i + ".") for i in ignore):
             continue
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
         if a is _ABSENT:
+            if key in base and _same(base[key], b):
+                continue  # a key added since the run was saved, at the value the run had
             lines.append(f"{key} is new (now {b!r})")
         elif b is _ABSENT:
             lines.append(f"{key} was {a!r}, now absent")
-        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+        elif not _same(a, b):
             lines.append(f"{key} was {a!r}, now {b!r}")
     return lines
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def read_saved_config(path: str | os.PathLike) -> dict:
@@ -69,7 +79,7 @@ def read_saved_config(path: str | os.PathLike) -> dict:
 
 def check_run_dir(run_dir: str | os.PathLike, config: Mapping, resume: bool, ignore: Iterable[str] = (),
                   markers: Sequence[str] = ("last.ckpt",), name_flag: str = "-n",
-                  allow_changes: bool = False) -> list[str]:
+                  allow_changes: bool = False, defaults: Mapping | None = None) -> list[str]:
     """Refuse to write a run into ``run_dir`` when that would mix it with another one.
 
     * ``run_dir/config.yaml`` holds another configuration (keys in ``ignore`` aside): refused, with the
@@ -79,7 +89,7 @@ def check_run_dir(run_dir: str | os.PathLike, config: Mapping, resume: bool, ign
     * ``resume`` and there is no ``run_dir/last.ckpt``: refused.
 
     With ``allow_changes`` a resume may change the configuration; the differing keys are returned (else
-    ``[]``).
+    ``[]``). ``defaults``: as in :func:`config_diff` (keys added since the folder's run, at their default).
 
     Raises:
         ConfigError: naming the folder and, for a changed configuration, every differing key.
@@ -87,7 +97,7 @@ def check_run_dir(run_dir: str | os.PathLike, config: Mapping, resume: bool, ign
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        diff = config_diff(read_saved_config(saved), config, ignore)
+        diff = config_diff(read_saved_config(saved), config, ignore, defaults)
         if diff and resume and allow_changes:
             if not (run_dir / "last.ckpt").is_file():
                 raise ConfigError(f"--resume: no checkpoint {run_dir / 'last.ckpt'} to continue from")

@@ -22,9 +22,11 @@ from .config import DownstreamConfig
 from .tasks import resolve_data_root
 
 # Keys a run may change when resumed: machine paths (the checkpoint is compared by its sha256 instead), how
-# far training goes (the lr schedule does not depend on total_steps) and how it is logged or loaded.
+# far training goes (a warm-up + decay schedule is re-planned, with a warning) and how it is logged or loaded.
 RESUMABLE_CHANGES = ("run.expname", "run.data_root", "run.ckpt", "runner.total_steps", "runner.num_workers",
                      "runner.log_step")
+# every key's default: a folder saved before a key existed ran with its default (common.rundir.config_diff)
+_DEFAULTS = config_to_dict(DownstreamConfig())
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,7 +66,8 @@ def check_before_run(expdir: Path, cfg: DownstreamConfig, resume: bool, named: b
     """The read-only checks, before any data is read: another configuration in the folder, a run there without
     ``resume``, ``resume`` without one. ``named``: the folder came from ``-n`` (else from the settings)."""
     try:
-        check_run_dir(expdir, config_to_dict(cfg), resume, ignore=RESUMABLE_CHANGES)
+        check_run_dir(expdir, config_to_dict(cfg), resume, ignore=RESUMABLE_CHANGES,
+                      defaults=_DEFAULTS)
     except ConfigError as err:
         near = _runs_like(expdir, cfg) if resume and not named else ""
         if near:  # the default name follows the settings, so changed settings point at a folder with no run
@@ -81,7 +84,7 @@ def _runs_like(expdir: Path, cfg: DownstreamConfig) -> str:
         if not (ckpt.parent / "config.yaml").is_file():
             continue
         diff = config_diff(read_saved_config(ckpt.parent / "config.yaml"), config_to_dict(cfg),
-                           ("run.expname", "run.data_root", "run.ckpt"))
+                           ("run.expname", "run.data_root", "run.ckpt"), _DEFAULTS)
         lines.append(f"{ckpt.parent.name} differs in {'; '.join(diff) or 'the checkpoint or data root'} "
                      f"(resume it with -n {ckpt.parent.name} and its settings)")
     return "; ".join(lines)
@@ -91,7 +94,8 @@ def claim(expdir: Path, cfg: DownstreamConfig, ckpt_sha256: str | None, resume: 
     """Rank 0, holding the folder's lock: check the folder again (another process may have written it since
     :func:`check_before_run`) and the upstream checkpoint it was made with, then write ``config.yaml`` and
     ``run.json``."""
-    check_run_dir(expdir, config_to_dict(cfg), resume, ignore=RESUMABLE_CHANGES)
+    check_run_dir(expdir, config_to_dict(cfg), resume, ignore=RESUMABLE_CHANGES,
+                      defaults=_DEFAULTS)
     saved = expdir / "run.json"
     if saved.is_file():
         old = json.loads(saved.read_text(encoding="utf-8"))

@@ -52,6 +52,16 @@ def test_config_diff_names_each_changed_key():
     assert config_diff(old, old) == []
 
 
+def test_a_key_added_since_a_run_was_saved_is_no_difference_at_its_default():
+    saved = {"optimizer": {"lr": 1e-4}}
+    defaults = {"optimizer": {"lr": 1e-4, "layer_decay": 1.0}}
+    assert config_diff(saved, {"optimizer": {"lr": 1e-4, "layer_decay": 1.0}}, defaults=defaults) == []
+    assert config_diff(saved, {"optimizer": {"lr": 1e-4, "layer_decay": 0.75}}, defaults=defaults) == [
+        "optimizer.layer_decay is new (now 0.75)"]
+    assert config_diff(saved, {"optimizer": {"lr": 1e-4, "layer_decay": 1.0}}) == [
+        "optimizer.layer_decay is new (now 1.0)"]  # without defaults every new key counts
+
+
 def test_temporary_names_are_unique_per_writer(tmp_path):
     a, b = files.tmp_path(tmp_path / "dev-best.ckpt"), files.tmp_path(tmp_path / "dev-best.ckpt")
     assert a != b and a.parent == tmp_path and str(os.getpid()) in a.name and a.name.endswith(".tmp")
@@ -225,3 +235,22 @@ def test_pretraining_name_reuse_and_resume_compare_the_configuration(tmp_path, a
     # how a run logs is not part of its configuration
     assert run_pretrain.main(_pretrain(tmp_path, audio, "--resume", "-o", "log_every=1")) == 0
     assert torch.load(tmp_path / "exp" / "run" / "last.ckpt", weights_only=False)["step"] == 2
+
+
+def test_a_folder_saved_before_new_keys_existed_still_resumes(tmp_path, folder, capsys):
+    """A run's config.yaml written before optimizer.layer_decay existed resumes while the key stays at its
+    default, and is refused, naming the key, when it does not."""
+    import yaml
+
+    assert run_downstream.main(_args(tmp_path, folder, "-n", "run")) == 0
+    saved = tmp_path / "exp" / "run" / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    del data["optimizer"]["layer_decay"], data["schedule"]["decay"]  # as an older version wrote it
+    saved.write_text(yaml.safe_dump(data))
+    further = _args(tmp_path, folder, "-n", "run", "--resume")
+    further[further.index("runner.total_steps=2")] = "runner.total_steps=3"
+    capsys.readouterr()
+    assert run_downstream.main([*further, "-f", "-o", "optimizer.layer_decay=0.5"]) == 2
+    assert "optimizer.layer_decay is new (now 0.5)" in _error(capsys)
+    assert run_downstream.main(further) == 0
+    assert torch.load(tmp_path / "exp" / "run" / "last.ckpt", weights_only=False)["step"] == 3
