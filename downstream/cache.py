@@ -288,24 +288,26 @@ class FeatureCache:
         pool = _whole_clip_pool(data, sample_rate)
         if pool is not None:  # every split of the task reads the one shard of all its clips
             shard = self.dir / f"all-{_clips_digest(pool)}-eval"
-            meta, problem = self._open(shard)
-            if meta is None:
-                if not build:
-                    what = problem or f"shard {shard} is missing or incomplete"
-                    raise FeatureCacheError(f"feature cache: {what} (not rebuilt: build=False)")
-                meta = self._build_once(pool, shard, set())
+            meta = self._shard_meta(shard, lambda: pool, set(), build)
             index = {_clip_identity(c): i for i, c in enumerate(pool.clips)}
             return CachedDataset(ds, shard, meta, [index[_clip_identity(c)] for c in ds.clips])
         live = [i for i, c in enumerate(ds.clips) if c.random_crop and c.crop_secs is not None and train]
         shard = self.dir / f"{split}-{_clips_digest(ds)}-{'train' if live else 'eval'}"
+        # built from the split's whole clips (no random crops); the live ones are left out of the shard
+        meta = self._shard_meta(shard, lambda: data.dataset(split, sample_rate, train=False, seed=seed),
+                                set(live), build)
+        return CachedDataset(ds, shard, meta)
+
+    def _shard_meta(self, shard: Path, clips: Callable[[], ClipDataset], live: set[int], build: bool) -> dict:
+        """The metadata of ``shard``: opened (and verified), else built from ``clips()`` unless ``build`` is
+        False (then :class:`FeatureCacheError`)."""
         meta, problem = self._open(shard)
         if meta is None:
             if not build:
                 what = problem or f"shard {shard} is missing or incomplete"
                 raise FeatureCacheError(f"feature cache: {what} (not rebuilt: build=False)")
-            whole = data.dataset(split, sample_rate, train=False, seed=seed)  # no random crops
-            meta = self._build_once(whole, shard, set(live))
-        return CachedDataset(ds, shard, meta)
+            meta = self._build_once(clips(), shard, live)
+        return meta
 
     @staticmethod
     def check_shard(shard: Path) -> tuple[dict | None, str | None]:
